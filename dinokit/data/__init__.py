@@ -1,0 +1,1 @@
+"""Data: image decoding, tensor transforms, datasets, multi-crop and masking."""

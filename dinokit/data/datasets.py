@@ -1,0 +1,95 @@
+"""Image datasets that need no metadata files: a folder (recursive; sub-folder names become class labels
+when every image sits in one), or a file list (`.txt` / `.csv`: `path[,label]` per line, paths relative to
+the list's folder).
+
+Unreadable files (corrupt, truncated beyond repair, zero bytes, not images) never stop the work: `ImageDataset`
+returns `None` for them, `collate_skip_none` drops them from the batch, and each is logged once (per process)
+and counted in `ImageDataset.skipped`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from ..errors import UserError
+from .images import ImageDecodeError, decode_image, list_images
+
+log = logging.getLogger("dinokit.data")
+
+
+@dataclass
+class ImageList:
+    """Image paths with optional integer labels and the class names they index."""
+
+    paths: list[Path]
+    labels: list[int] | None = None
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def from_source(cls, source: str | os.PathLike) -> ImageList:
+        src = Path(source)
+        if src.is_file() and src.suffix.lower() in (".txt", ".csv"):
+            return cls._from_list_file(src)
+        paths = list_images(src)
+        if not paths:
+            raise UserError(f"{src}: no image files found (looked for .jpg, .png, .webp, .tif …, recursively)")
+        if src.is_dir() and all(len(p.relative_to(src).parts) >= 2 for p in paths):
+            classes = sorted({p.relative_to(src).parts[0] for p in paths})
+            index = {c: i for i, c in enumerate(classes)}
+            return cls(paths, [index[p.relative_to(src).parts[0]] for p in paths], classes)
+        return cls(paths)
+
+    @classmethod
+    def _from_list_file(cls, path: Path) -> ImageList:
+        rows = [r for r in csv.reader(path.read_text().splitlines()) if r and r[0].strip() and not r[0].startswith("#")]
+        if not rows:
+            raise UserError(f"{path}: the file list is empty")
+        paths = [(path.parent / r[0].strip()).resolve() for r in rows]
+        if all(len(r) >= 2 and r[1].strip() for r in rows):
+            names = [r[1].strip() for r in rows]
+            classes = sorted(set(names), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+            index = {c: i for i, c in enumerate(classes)}
+            return cls(paths, [index[n] for n in names], classes)
+        return cls(paths)
+
+
+class ImageDataset(Dataset):
+    """Decoded, transformed images: item `i` → `(image, label or -1, i)`, or `None` when unreadable."""
+
+    def __init__(self, images: ImageList, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.images, self.transform = images, transform
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        path = self.images.paths[i]
+        try:
+            img = decode_image(path)
+        except ImageDecodeError as e:
+            if str(path) not in self.skipped:
+                self.skipped.append(str(path))
+                log.warning("skipping unreadable image: %s", e)
+            return None
+        if self.transform is not None:
+            img = self.transform(img)
+        label = self.images.labels[i] if self.images.labels is not None else -1
+        return img, label, i
+
+
+def collate_skip_none(batch: list):
+    """`default_collate` over the readable items; `None` when none is."""
+    batch = [b for b in batch if b is not None]
+    return default_collate(batch) if batch else None

@@ -1,0 +1,119 @@
+"""The public entry points for backbones: create from a preset, load any checkpoint, save in any format."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .config import ViTConfig
+from .convert_hf import dinokit_to_hf
+from .presets import preset_config
+from .vit import VisionTransformer
+from .weights import StateDict, check_state_dict, dinokit_to_official, infer_config, read_checkpoint
+
+
+def create_backbone(name: str, weights: str | os.PathLike | StateDict | None = None, **overrides: Any):
+    """A backbone from a preset name (e.g. "dinov3_vits16"), randomly initialised or loaded strictly from
+    `weights` (any source `load_backbone` accepts). Overrides change config fields, e.g. `depth=2`."""
+    config = preset_config(name, **overrides)
+    if weights is None:
+        return VisionTransformer(config)
+    sd, _, _ = read_checkpoint(weights)
+    return _build(config, sd, dtype=torch.float32)
+
+
+def load_backbone(
+    source: str | os.PathLike | StateDict,
+    preset: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **overrides: Any,
+) -> VisionTransformer:
+    """Load a backbone, inferring its architecture from the weights unless a `preset` is named.
+
+    `source`: a released `.pth` (or training checkpoint), a dinokit folder or `.safetensors` file, an HF model
+    folder, an explicit http(s) URL, or a state dict. Loading is strict; overrides change config fields
+    that do not affect the weights (e.g. `drop_path_rate=0.1`). Floating-point tensors are cast to `dtype`."""
+    sd, stored, info = read_checkpoint(source)
+    if preset is not None:
+        config = preset_config(preset)
+    elif stored is not None:
+        config = stored
+    else:
+        config = infer_config(sd, info.get("path", ""))
+    if "path" in info:
+        config = config.replace(extra={**config.extra, "source": info["path"]})
+    return _build(config.replace(**overrides), sd, dtype=dtype)
+
+
+def _build(config: ViTConfig, sd: StateDict, dtype: torch.dtype) -> VisionTransformer:
+    with torch.device("meta"):
+        model = VisionTransformer(config)
+    check_state_dict(model.state_dict(), sd)
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    if "rope_embed.periods" in sd:
+        sd["rope_embed.periods"] = sd["rope_embed.periods"].float()
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def save_backbone(
+    model: VisionTransformer, path: str | os.PathLike, format: Literal["dinokit", "official", "hf"] = "dinokit"
+) -> Path:
+    """Write `model` as a dinokit folder (or `.safetensors` file), a released-layout `.pth`, or an HF folder.
+
+    Every file is written atomically (temporary file, then rename)."""
+    path = Path(path)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    config: ViTConfig = model.config
+    if format == "dinokit":
+        meta = {"format": "dinokit", "version": "1", "backbone": json.dumps(config.to_dict())}
+        if path.suffix == ".safetensors":
+            _atomic(path, lambda tmp: _save_safetensors(sd, tmp, meta))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            _atomic(path / "model.safetensors", lambda tmp: _save_safetensors(sd, tmp, None))
+            cfg = {"format": "dinokit", "version": 1, "backbone": config.to_dict()}
+            _atomic(path / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
+    elif format == "official":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic(path, lambda tmp: torch.save(dinokit_to_official(sd, config), tmp))
+    elif format == "hf":
+        hf_sd, hf_config = dinokit_to_hf(sd, config)
+        path.mkdir(parents=True, exist_ok=True)
+        _atomic(path / "model.safetensors", lambda tmp: _save_safetensors(hf_sd, tmp, {"format": "pt"}))
+        _atomic(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2)))
+    else:
+        raise ValueError(f"unknown format {format!r}; use 'dinokit', 'official' or 'hf'")
+    return path
+
+
+def _save_safetensors(sd: StateDict, path: Path, metadata: dict[str, str] | None) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=metadata)
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def backbone_from_spec(spec: str, seed: int = 0, **overrides: Any) -> VisionTransformer:
+    """The command lines' `--backbone`: a checkpoint source, or `random:<preset>` for a randomly initialised
+    model (seeded by `seed`), e.g. `random:dinov3_vits16`."""
+    if spec.startswith("random:"):
+        torch.manual_seed(seed)
+        return create_backbone(spec.split(":", 1)[1], **overrides).eval()
+    return load_backbone(spec, **overrides)

@@ -1,0 +1,240 @@
+"""Checkpoint formats: reading any supported file, naming conventions, and rebuilding the architecture.
+
+Supported sources (never fetched from the network unless the user passes an http(s) URL):
+- released DINOv2 `.pth` files (`pos_embed`, `register_tokens`, `blocks.{i}.…`) and DINOv3 ones
+  (`storage_tokens`, `rope_embed.periods`, `attn.qkv.bias_mask`, `local_cls_norm` …);
+- released training checkpoints: the teacher backbone under `teacher.backbone.` (or `{"teacher": …}` with
+  `backbone.`), DINOv2 block chunks `blocks.{chunk}.{i}` flattened to `blocks.{i}`;
+- dinokit files: a folder with `config.json` + `model.safetensors`, or one `.safetensors` file whose
+  metadata holds the config;
+- Hugging Face model folders (`config.json` + `model.safetensors` / `pytorch_model.bin`, sharded or not).
+
+dinokit's own parameter names are the released DINOv2 names plus the DINOv3 buffers; the only renaming for
+the released DINOv3 layout is `storage_tokens` ↔ `register_tokens`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from .config import ViTConfig
+from .convert_hf import hf_to_dinokit, is_hf_state_dict
+
+Tensor = torch.Tensor
+StateDict = dict[str, Tensor]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SATELLITE_MEAN, SATELLITE_STD = (0.430, 0.411, 0.296), (0.213, 0.156, 0.143)
+LICENCES = {"dinov2": "Apache-2.0 (DINOv2)", "dinov3": "DINOv3 License (custom; see the model card)"}
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read or does not fit the requested architecture (a user error)."""
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_checkpoint(source: str | os.PathLike | StateDict) -> tuple[StateDict, ViTConfig | None, dict]:
+    """Read a source into (dinokit-named backbone state dict, stored config or None, info).
+
+    `info` holds `format` ("dinokit" | "official" | "hf" | "state_dict") and, for files, `path`."""
+    if isinstance(source, dict):
+        sd, config, info = dict(source), None, {"format": "state_dict"}
+    else:
+        sd, config, info = _read_path(str(source))
+    if info["format"] in ("dinokit",):
+        return sd, config, info
+    sd = _unwrap_training_checkpoint(sd)
+    if is_hf_state_dict(sd):
+        sd, hf_config = hf_to_dinokit(sd, info.pop("hf_config", None))
+        info["format"] = "hf"
+        return sd, hf_config, info
+    if info["format"] == "state_dict":
+        info["format"] = "official"
+    return official_to_dinokit(sd), None, info
+
+
+def _read_path(path: str) -> tuple[StateDict, ViTConfig | None, dict]:
+    if path.startswith(("http://", "https://")):
+        sd = torch.hub.load_state_dict_from_url(path, map_location="cpu", weights_only=True)
+        return sd, None, {"format": "state_dict", "path": path}
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"no checkpoint at {path!r} (a file or folder path, or an explicit http(s) URL)")
+    if p.is_dir():
+        return _read_folder(p)
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+        if meta.get("format") == "dinokit":
+            return sd, ViTConfig.from_dict(json.loads(meta["backbone"])), {"format": "dinokit", "path": str(p)}
+        return sd, None, {"format": "state_dict", "path": str(p)}
+    return _torch_load(p), None, {"format": "state_dict", "path": str(p)}
+
+
+def _torch_load(p: Path) -> Any:
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles with arbitrary objects are refused by weights_only=True on purpose
+        raise CheckpointError(f"could not read {p} as a PyTorch checkpoint (weights only): {e}") from None
+
+
+def _read_folder(p: Path) -> tuple[StateDict, ViTConfig | None, dict]:
+    cfg_path = p / "config.json"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{p} is a folder without config.json (expected a dinokit or HF model folder)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") == "dinokit":
+        from safetensors.torch import load_file
+
+        return load_file(str(p / "model.safetensors")), ViTConfig.from_dict(cfg["backbone"]), {
+            "format": "dinokit",
+            "path": str(p),
+        }
+    if "model_type" not in cfg:
+        raise CheckpointError(f"{cfg_path} is neither a dinokit nor a Hugging Face config")
+    return _read_hf_weights(p), None, {"format": "hf", "path": str(p), "hf_config": cfg}
+
+
+def _read_hf_weights(p: Path) -> StateDict:
+    from safetensors.torch import load_file
+
+    if (p / "model.safetensors").exists():
+        return load_file(str(p / "model.safetensors"))
+    for index_name, loader in (
+        ("model.safetensors.index.json", lambda f: load_file(str(f))),
+        ("pytorch_model.bin.index.json", _torch_load),
+    ):
+        if (p / index_name).exists():
+            shards = sorted(set(json.loads((p / index_name).read_text())["weight_map"].values()))
+            sd: StateDict = {}
+            for shard in shards:
+                sd.update(loader(p / shard))
+            return sd
+    if (p / "pytorch_model.bin").exists():
+        return _torch_load(p / "pytorch_model.bin")
+    raise CheckpointError(f"{p} holds a config.json but no model.safetensors or pytorch_model.bin")
+
+
+def _unwrap_training_checkpoint(sd: dict) -> StateDict:
+    """Find the (teacher) backbone inside a training checkpoint; flatten DINOv2 block chunks."""
+    for key in ("teacher", "model", "state_dict", "module"):
+        if isinstance(sd.get(key), dict) and not isinstance(sd.get(key), Tensor):
+            sd = sd[key]
+    for prefix in ("teacher.backbone.", "backbone.", "module.backbone.", "module."):
+        if any(k.startswith(prefix) for k in sd) and not any(k.startswith("embeddings.") for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+            break
+    non_tensors = [k for k, v in sd.items() if not isinstance(v, Tensor)]
+    if non_tensors:
+        raise CheckpointError(f"not a backbone state dict: non-tensor entries {non_tensors[:5]}")
+    return {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in sd.items()}
+
+
+# ------------------------------------------------------------------------------------------------ naming
+def official_to_dinokit(sd: StateDict) -> StateDict:
+    return {("register_tokens" if k == "storage_tokens" else k): v for k, v in sd.items()}
+
+
+def dinokit_to_official(sd: StateDict, config: ViTConfig) -> StateDict:
+    """dinokit names → the released layout of the model's generation."""
+    if config.generation == "dinov3":
+        return {("storage_tokens" if k == "register_tokens" else k): v for k, v in sd.items()}
+    return dict(sd)
+
+
+# ---------------------------------------------------------------------------------------------- inference
+def infer_config(sd: StateDict, source_name: str = "") -> ViTConfig:
+    """Rebuild the architecture from a dinokit-named state dict's keys and shapes.
+
+    What shapes cannot tell comes from the generation: DINOv2 uses head dim 64 and LayerNorm eps 1e-6,
+    DINOv3 eps 1e-5 and a head dim read from `rope_embed.periods` (d/4 entries). The normalisation constants
+    are the satellite ones when the file name says `sat493m`."""
+    required = ("cls_token", "patch_embed.proj.weight", "norm.weight", "blocks.0.norm1.weight")
+    missing = [k for k in required if k not in sd]
+    if missing:
+        raise CheckpointError(
+            f"cannot recognise a DINOv2/DINOv3 backbone: missing {missing}; first keys: {list(sd)[:8]}"
+        )
+    D = sd["cls_token"].shape[-1]
+    proj = sd["patch_embed.proj.weight"]  # [D, C, p, p]
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    learned = "pos_embed" in sd
+    generation = "dinov2" if learned else "dinov3"
+    if "rope_embed.periods" in sd:
+        head_dim = 4 * sd["rope_embed.periods"].numel()
+    else:  # every released model has head dim 64 except ViT-7B (4096 wide, head dim 128)
+        head_dim = 128 if D == 4096 else 64
+    b = "blocks.0."
+    if b + "mlp.fc1.weight" in sd:
+        ffn, hidden = "mlp", sd[b + "mlp.fc1.weight"].shape[0]
+    elif b + "mlp.w12.weight" in sd:
+        ffn, hidden = "swiglu_packed", sd[b + "mlp.w12.weight"].shape[0] // 2
+    elif b + "mlp.w1.weight" in sd:
+        ffn, hidden = "swiglu", sd[b + "mlp.w1.weight"].shape[0]
+    else:
+        raise CheckpointError("cannot recognise the feed-forward layer (no fc1, w12 or w1 weights in block 0)")
+    registers = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
+    kw: dict[str, Any] = dict(
+        generation=generation,
+        patch_size=proj.shape[-1],
+        in_chans=proj.shape[1],
+        embed_dim=D,
+        depth=depth,
+        num_heads=D // head_dim,
+        ffn=ffn,
+        ffn_hidden_dim=hidden,
+        qkv_bias=b + "attn.qkv.bias" in sd,
+        proj_bias=b + "attn.proj.bias" in sd,
+        ffn_bias=any(b + f"mlp.{n}.bias" in sd for n in ("fc1", "w12", "w1")),
+        mask_k_bias=b + "attn.qkv.bias_mask" in sd,
+        layerscale_init=1e-5 if b + "ls1.gamma" in sd else None,
+        num_registers=registers,
+        cls_norm="cls_norm.weight" in sd,
+        local_cls_norm="local_cls_norm.weight" in sd,
+    )
+    if learned:
+        side = math.isqrt(sd["pos_embed"].shape[1] - 1)
+        kw.update(pos_embed="learned", pos_grid=side, norm_eps=1e-6)
+        kw["pos_interpolation"] = "antialias" if registers else "legacy"
+    else:
+        kw.update(pos_embed="rope", rope_base=100.0, rope_rescale=2.0, norm_eps=1e-5)
+    if "sat493m" in source_name.lower():
+        kw["extra"] = {"mean": list(SATELLITE_MEAN), "std": list(SATELLITE_STD)}
+    return ViTConfig(**kw)
+
+
+# ------------------------------------------------------------------------------------------- strict load
+def check_state_dict(expected: StateDict, sd: StateDict, what: str = "checkpoint") -> None:
+    """Raise one CheckpointError naming every missing, unexpected and mis-shaped key."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    misshaped = [
+        f"{k}: checkpoint {list(sd[k].shape)} vs model {list(expected[k].shape)}"
+        for k in expected
+        if k in sd and sd[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or misshaped):
+        return
+
+    def _list(name: str, items: list[str]) -> str:
+        more = f" … and {len(items) - 12} more" if len(items) > 12 else ""
+        return f"\n  {name} ({len(items)}): " + ", ".join(items[:12]) + more if items else ""
+
+    raise CheckpointError(
+        f"the {what} does not fit the model architecture:"
+        + _list("missing", missing)
+        + _list("unexpected", unexpected)
+        + _list("mis-shaped", misshaped)
+        + "\nIf you passed architecture overrides, drop them to let dinokit infer the architecture."
+    )

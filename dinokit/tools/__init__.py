@@ -1,0 +1,1 @@
+"""Frozen-feature tools: extraction, visualisation, search, matching, heads, adapters, export."""
