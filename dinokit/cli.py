@@ -201,6 +201,7 @@ def _add_data(sub) -> None:
     q.add_argument("output", help="output folder (created; must not exist or be empty)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    q.add_argument("--scale", type=float, default=1.0, help="multiply every image count (default 1: ~3,300 items)")
     q.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     q.set_defaults(func=_data_synth)
 
@@ -208,10 +209,11 @@ def _add_data(sub) -> None:
 def _data_synth(args) -> int:
     from .data.synthetic import SynthConfig, write_synthetic
 
-    if args.size < 32:
-        raise UserError("--size must be at least 32 pixels")
+    if args.size < 32 or args.scale <= 0:
+        raise UserError("--size must be at least 32 pixels and --scale positive")
+    config = SynthConfig(size=args.size).scaled(args.scale)
     try:
-        out = write_synthetic(args.output, args.seed, SynthConfig(size=args.size), workers=args.workers)
+        out = write_synthetic(args.output, args.seed, config, workers=args.workers)
     except FileExistsError as e:
         raise UserError(str(e)) from None
     print(f"wrote {out} (see {out / 'README.md'})")

@@ -31,7 +31,7 @@ import math
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,11 @@ class SynthConfig:
     landmarks: int = 20  # retrieval: landmarks × views, plus distractors
     views: int = 5
     distractors: int = 40
+
+    def scaled(self, factor: float) -> SynthConfig:
+        """Every count multiplied by `factor` (at least one of each)."""
+        counts = {k: max(1, round(v * factor)) for k, v in asdict(self).items() if k not in ("size", "views")}
+        return replace(self, **counts)
 
 
 # ------------------------------------------------------------------------------------------ materials

@@ -40,8 +40,8 @@ def find_pairs(
 ) -> list[tuple[Path, Path]]:
     """(image, target) file pairs.
 
-    `images` is a folder, or a `.txt` list of `image target [anything…]` lines (paths relative to the list's
-    folder, e.g. the NYU split files of the depth literature). With a folder, targets are the files of the same
+    `images` is a folder, or a `.txt` list of `image target [anything…]` lines (paths absolute or relative to the
+    list's folder, e.g. the NYU split files of the depth literature). With a folder, targets are the files of the same
     stem in `targets`, which defaults to the image folder's path with its last component `swap[0]` replaced by
     `swap[1]` (ADE20K: images/training → annotations/training; NYU style: train/rgb → train/depth)."""
     src = Path(images)
@@ -49,7 +49,7 @@ def find_pairs(
         rows = [line.split() for line in src.read_text().splitlines() if line.strip() and not line.startswith("#")]
         if not rows or any(len(r) < 2 for r in rows):
             raise UserError(f"{src}: expected lines of `image target` paths")
-        return [(src.parent / r[0].lstrip("/"), src.parent / r[1].lstrip("/")) for r in rows]
+        return [(_listed(src, r[0]), _listed(src, r[1])) for r in rows]
     if not src.is_dir():
         raise UserError(f"{src}: no such folder or list file")
     if targets is None:
@@ -70,6 +70,13 @@ def find_pairs(
     if not pairs:
         raise UserError(f"{src}: no images found")
     return pairs
+
+
+def _listed(listing: Path, entry: str) -> Path:
+    """A path from a list file: absolute if it exists as such, else relative to the list's folder (the NYU split
+    files write data-root-relative paths with a leading slash)."""
+    path = Path(entry)
+    return path if path.is_absolute() and path.exists() else listing.parent / entry.lstrip("/")
 
 
 def read_array(path: Path) -> np.ndarray:

@@ -15,13 +15,14 @@ released code also picks the best classifier on the evaluation set itself, here 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from .features import GlobalFeatures, align_classes, extract_global_features, require_labels
 from .metrics import top1_accuracy
 
@@ -66,50 +67,48 @@ def linear_probe(
     fit_idx, sel_idx = holdout_split(train.labels, holdout, seed)
     fit, sel = train.subset(fit_idx), train.subset(sel_idx)
     if len(sel) == 0:
-        raise ValueError("the training set is too small to hold out a validation split")
+        raise UserError("the training set is too small to hold out a validation split (two images per class)")
 
+    # one weight tensor per variant holds the classifiers of every learning rate: [n_lr, dim, C]
     torch.manual_seed(seed)
-    scale = batch_size / 256
-    heads = nn.ModuleList()
-    groups = []
-    for n_blocks, pool in variants:
-        dim = fit.variant(n_blocks, pool).shape[1]
-        for lr in learning_rates:
-            head = nn.Linear(dim, n_classes)
-            nn.init.normal_(head.weight, std=0.01)
-            nn.init.zeros_(head.bias)
-            heads.append(head)
-            groups.append({"params": head.parameters(), "lr": lr * scale})
-    optimizer = torch.optim.SGD(groups, momentum=0.9, weight_decay=0.0)
-    steps_per_epoch = -(-len(fit) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch, eta_min=0)
     inputs = [fit.variant(n, pool) for n, pool in variants]  # [N, dim_v] each
     n_lr = len(learning_rates)
+    weights = [(0.01 * torch.randn(n_lr, x.shape[1], n_classes)).requires_grad_() for x in inputs]
+    biases = [torch.zeros(n_lr, 1, n_classes, requires_grad=True) for _ in inputs]
+    params = weights + biases
+    momenta = [torch.zeros_like(p) for p in params]
+    lrs = torch.tensor(learning_rates).view(-1, 1, 1) * batch_size / 256  # the linear scaling rule
+    total = epochs * -(-len(fit) // batch_size)
     g = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress, leave=False)
-    for _ in bar:
+    step = 0
+    for _ in tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress, leave=False):
         order = torch.randperm(len(fit), generator=g)
         for start in range(0, len(fit), batch_size):
             batch = order[start : start + batch_size]
-            target = fit.labels[batch]
+            target = fit.labels[batch].repeat(n_lr)  # [n_lr·B]
+            # the sum over classifiers of each one's mean cross-entropy: each gets its own gradient
             loss = sum(
-                F.cross_entropy(heads[v * n_lr + j](x[batch]), target)
-                for v, x in enumerate(inputs)
-                for j in range(n_lr)
+                F.cross_entropy((torch.einsum("bd,ldc->lbc", x[batch], w) + b).flatten(0, 1), target) * n_lr
+                for x, w, b in zip(inputs, weights, biases)
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        bar.set_postfix(loss=f"{loss.item() / len(heads):.3f}")
+            grads = torch.autograd.grad(loss, params)
+            lr_now = lrs * 0.5 * (1 + math.cos(math.pi * step / total))  # cosine decay to zero
+            with torch.no_grad():
+                for p, m, grad in zip(params, momenta, grads):  # SGD, momentum 0.9, no weight decay
+                    m.mul_(0.9).add_(grad)
+                    p.sub_(lr_now * m)
+            step += 1
 
     @torch.no_grad()
     def accuracies(features: GlobalFeatures) -> list[float]:
-        xs = [features.variant(n, pool) for n, pool in variants]
-        return [top1_accuracy(head(xs[i // n_lr]).argmax(1), features.labels) for i, head in enumerate(heads)]
+        out = []
+        for (n, pool), w, b in zip(variants, weights, biases):
+            pred = (torch.einsum("bd,ldc->lbc", features.variant(n, pool), w) + b).argmax(-1)  # [n_lr, B]
+            out += [top1_accuracy(p, features.labels) for p in pred]
+        return out
 
     sel_acc = accuracies(sel)
-    best = max(range(len(heads)), key=lambda i: sel_acc[i])  # the first of equals: the smaller lr, fewer features
+    best = max(range(len(sel_acc)), key=lambda i: sel_acc[i])  # the first of equals: the smaller lr, fewer features
     n_blocks, pool = variants[best // n_lr]
     return {
         "top1": accuracies(val)[best],

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from .features import GlobalFeatures, align_classes, extract_global_features, require_labels
 from .linear import holdout_split
 from .metrics import top1_accuracy
@@ -83,7 +84,7 @@ def logreg_eval(
     x, y = train.last_cls.double(), train.labels
     fit_idx, sel_idx = holdout_split(y, holdout, seed)
     if len(sel_idx) == 0:
-        raise ValueError("the training set is too small to hold out a validation split")
+        raise UserError("the training set is too small to hold out a validation split (two images per class)")
 
     def accuracy(params, features, labels) -> float:
         return top1_accuracy((features.double() @ params[0] + params[1]).argmax(1), labels)
