@@ -19,6 +19,7 @@ import torch
 
 import dinokit
 
+
 def hf_twin(model):
     """The HF transformers model with the same architecture and weights, via dinokit's HF export."""
     from transformers import AutoModel

@@ -76,7 +76,8 @@ def test_hf_dinov2_without_registers_differs_from_released_rule(tmp_path):
     """Documents why Dinov2Model is not a reference away from 518 px: its resizing is not the released one."""
     from transformers import Dinov2Config, Dinov2Model
 
-    hf = reference_hf.randomize(Dinov2Model(Dinov2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, image_size=518)))
+    config = Dinov2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, image_size=518)
+    hf = reference_hf.randomize(Dinov2Model(config))
     hf.save_pretrained(tmp_path / "hf")
     model = dinokit.load_backbone(tmp_path / "hf")
     at_native = _compare(model, hf, 0, (518, 518))
