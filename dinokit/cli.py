@@ -222,13 +222,28 @@ def _data_synth(args) -> int:
 
 # -------------------------------------------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: synthetic data → pretrain a tiny ViT → evaluate → report")
+    p = sub.add_parser(
+        "demo",
+        help="the main job: synthetic data → pretrain a tiny ViT → evaluate random vs trained → report",
+        description="Without --backbone/--image: generate the synthetic benchmark, pretrain a tiny ViT with the "
+        "DINOv2 recipe, evaluate it against a random one and write DIR/report.md + report.html. With --backbone "
+        "or --image: the photo demo (one image's features and the PCA picture of its patches).",
+    )
     p.add_argument("--output", default="demo_out", help="output folder (default: demo_out/)")
     p.add_argument("--seed", type=int, default=0)
+    photo = p.add_argument_group("photo demo")
+    photo.add_argument("--backbone", default=None, help="checkpoint, or random:<preset> (default random:dinov3_vits16)")
+    photo.add_argument("--image", default=None, help="an image file (default: a sample photo)")
+    photo.add_argument("--size", type=int, default=448, help="input size in pixels (default 448)")
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
+    if args.backbone is not None or args.image is not None:
+        from .demo_photo import run_photo_demo
+
+        run_photo_demo(Path(args.output), args.backbone or "random:dinov3_vits16", args.image, args.size, args.seed)
+        return 0
     from .demo import run_demo
 
     run_demo(Path(args.output), seed=args.seed)

@@ -45,21 +45,20 @@ from .eval.segmentation import run_segmentation
 from .models import VisionTransformer, create_backbone, load_backbone
 from .tools.viz import pca_rgb
 
-BACKBONE = "dinov3_vitt16"
-BACKBONE_OPTIONS = {"depth": 4, "layerscale_init": None, "drop_path_rate": 0.0}
-
 
 @dataclass(frozen=True)
 class DemoConfig:
     size: int = 96
+    backbone: str = "dinov3_vitt16"
+    backbone_options: dict = field(default_factory=lambda: {"depth": 4, "layerscale_init": None})
     data: SynthConfig = SynthConfig(
         size=96, pretrain=3000, train_per_class=40, val_per_class=20, dense_train=200, dense_val=50, pairs=40,
-        landmarks=2, views=2, distractors=2,
+        landmarks=0, views=0, distractors=0,
     )  # fmt: skip
-    # `dinokit train` settings over the PretrainConfig defaults (the DINOv2 recipe), as key=value overrides
-    train: tuple[str, ...] = (
-        f"model.backbone={BACKBONE}",
-        "model.backbone_options=" + json.dumps(BACKBONE_OPTIONS),
+    steps: int = 400
+    batch_size: int = 32
+    # the rest of the `dinokit train` settings, over the PretrainConfig defaults (the DINOv2 recipe)
+    recipe: tuple[str, ...] = (
         "model.dino_head={n_prototypes: 1024, hidden_dim: 512, bottleneck_dim: 128}",
         "model.ibot_head={n_prototypes: 1024, hidden_dim: 512, bottleneck_dim: 128}",
         "crops.global_size=96",
@@ -70,8 +69,6 @@ class DemoConfig:
         "optim.base_lr=0.004",
         "optim.warmup_steps=50",
         "optim.freeze_last_layer_steps=20",
-        "train.steps=400",
-        "train.batch_size=32",
         "train.log_every=10",
         "data.num_workers=0",
         "checkpoint.every=100",
@@ -80,7 +77,19 @@ class DemoConfig:
     linear_epochs: int = 30
     thresholds: tuple[float, ...] = (4, 8, 16)  # pixels at 96 px: a quarter, half and one patch
     figure_examples: int = 4
-    extra: dict = field(default_factory=dict)
+
+    def train_overrides(self) -> list[str]:
+        return [
+            f"model.backbone={self.backbone}",
+            "model.backbone_options=" + json.dumps(self.backbone_options),
+            f"train.steps={self.steps}",
+            f"train.batch_size={self.batch_size}",
+            *self.recipe,
+        ]
+
+    def random_backbone(self, seed: int) -> VisionTransformer:
+        torch.manual_seed(seed)
+        return create_backbone(self.backbone, **self.backbone_options).eval()
 
 
 # ------------------------------------------------------------------------------------------ the stages
@@ -227,14 +236,11 @@ def run_demo(out: Path = Path("demo_out"), seed: int = 0, config: DemoConfig = D
     data = write_synthetic(out / "data", seed, config.data)
     timings["data_s"] = time.time() - t
 
-    stage(2, f"pretraining {BACKBONE} {BACKBONE_OPTIONS} with the DINOv2 recipe → {out / 'run'}")
+    stage(2, f"pretraining {config.backbone} {config.backbone_options} with the DINOv2 recipe → {out / 'run'}")
     t = time.time()
-    run = pretrain(data / "pretrain", out / "run", config.train, seed)
+    run = pretrain(data / "pretrain", out / "run", config.train_overrides(), seed)
     timings["train_s"] = time.time() - t
-    trained = load_backbone(run / "teacher_backbone")
-    torch.manual_seed(seed)
-    random = create_backbone(BACKBONE, **BACKBONE_OPTIONS).eval()
-    models: dict[str, VisionTransformer] = {"random": random, "trained": trained}
+    models = {"random": config.random_backbone(seed), "trained": load_backbone(run / "teacher_backbone")}
 
     results = {}
     for name, model in models.items():
@@ -260,7 +266,7 @@ def run_demo(out: Path = Path("demo_out"), seed: int = 0, config: DemoConfig = D
 def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, config: DemoConfig, seed: int) -> None:
     report = Report("dinokit demo: self-supervised pretraining on a synthetic benchmark")
     report.text(
-        f"A {BACKBONE} backbone ({BACKBONE_OPTIONS}) was pretrained with the DINOv2 recipe on "
+        f"A {config.backbone} backbone ({config.backbone_options}) was pretrained with the DINOv2 recipe on "
         f"{config.data.pretrain} unlabelled synthetic images ({config.size} px), then evaluated with frozen "
         "features against a randomly initialised backbone of the same architecture. Seed "
         f"{seed}; {timings['total_s']:.0f} s in all (data {timings['data_s']:.0f} s, pretraining "
@@ -285,7 +291,7 @@ def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, confi
     report.heading("Reproduce")
     report.code("\n".join([
         f"dinokit data synth data --seed {seed} --size {config.size}   # (the demo writes a smaller set)",
-        "dinokit train <defaults> \\\n  " + " \\\n  ".join(config.train),
+        "dinokit train <defaults> \\\n  " + " \\\n  ".join(config.train_overrides()),
         "dinokit eval knn --backbone run/teacher_backbone --train data/classify/train --val data/classify/val "
         f"--size {config.size}",
     ]))  # fmt: skip

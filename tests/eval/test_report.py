@@ -52,3 +52,28 @@ def test_demo_stages_on_a_tiny_benchmark(synth, tmp_path):
     assert "trained better" in print_table(rows)
     figures = make_figures(models, synth, tmp_path, config)
     assert Image.open(figures["pca"]).size == Image.open(figures["similarity"]).size
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_with_a_two_step_training_run(tmp_path):
+    pytest.importorskip("dinokit.train.loop", reason="the trainer (dinokit train) is not in this checkout")
+    from dinokit.data.synthetic import SynthConfig
+    from dinokit.demo import run_demo
+
+    config = DemoConfig(
+        size=32, backbone="dinov3_test", backbone_options={}, steps=2, batch_size=4, dense_iterations=3,
+        linear_epochs=1, figure_examples=2, thresholds=(4, 8),
+        data=SynthConfig(size=32, pretrain=8, train_per_class=2, val_per_class=1, dense_train=3, dense_val=2,
+                         pairs=2, landmarks=0, views=0, distractors=0),
+        recipe=("model.dino_head={n_prototypes: 64, hidden_dim: 32, bottleneck_dim: 16}", "model.ibot_head=null",
+                "crops.global_size=32", "crops.local_number=2", "crops.local_size=16", "data.num_workers=0",
+                "optim.warmup_steps=1", "teacher.warmup_temp_steps=1", "train.log_every=1"),
+    )  # fmt: skip
+    out = tmp_path / "demo"
+    summary = run_demo(out, seed=0, config=config)
+    assert set(summary["results"]) == {"random", "trained"}
+    md = (out / "report.md").read_text()
+    assert "| protocol | metric | random | trained |" in md and "recall@8px" in md
+    for name in ("report.html", "results.json", "loss_curves.png", "pca.png", "similarity.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "run" / "teacher_backbone").is_dir()
