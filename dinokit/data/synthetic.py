@@ -231,15 +231,15 @@ def _card(rng, size: int, material: int, near: float, far: float, scale: tuple[f
 
 def object_scene(rng: np.random.Generator, size: int, material: int) -> Scene:
     """A classification image: one near card of `material` and up to two plain cards behind it."""
-    main = _card(rng, size, material, 1.6, 2.6, (1.0, 1.5), (0.35, 0.65))
+    main = _card(rng, size, material, 1.3, 2.2, (1.0, 1.6), (0.3, 0.7))
     plain = [_card(rng, size, -1, 3.5, 6.0, (0.5, 1.2), (0.1, 0.9)) for _ in range(rng.integers(0, 3))]
     return render_scene(rng, size, size, float(size), [main, *plain])
 
 
-def dense_scene(rng: np.random.Generator, height: int, width: int, focal: float, cards=(2, 5)) -> Scene:
+def dense_scene(rng: np.random.Generator, height: int, width: int, focal: float, cards=(3, 6)) -> Scene:
     """A segmentation / depth scene: `cards` (a range, inclusive) cards of random materials at random depths."""
     cards = [
-        _card(rng, width, int(rng.integers(len(MATERIALS))), 1.6, 5.5, (0.5, 1.4), (0.05, 0.95))
+        _card(rng, width, int(rng.integers(len(MATERIALS))), 1.4, 5.0, (0.6, 1.5), (0.05, 0.95))
         for _ in range(rng.integers(cards[0], cards[1] + 1))
     ]
     return render_scene(rng, height, width, focal, cards)
@@ -342,7 +342,7 @@ def _job(root: Path, seed: int, size: int, part: str, index: int, arg) -> dict |
         scene = (
             object_scene(rng, size, int(rng.integers(len(MATERIALS))))
             if index % 2
-            else dense_scene(rng, size, size, float(size))
+            else dense_scene(rng, size, size, float(size), cards=(4, 8))
         )
         _save(scene.image, root / "pretrain" / f"{index:06d}.png")
         return None

@@ -94,7 +94,7 @@ def colour_classes(tmp_path_factory):
 def test_extract_global_features_skips_unreadable_files(colour_classes, random_model):
     f = extract_global_features(random_model, colour_classes / "train", size=32, batch_size=5, progress=False)
     assert len(f) == 24 and len(f.skipped) == 1
-    assert f.cls.shape == (24, 2, 64)  # depth-2 model: last-4 capped at 2
+    assert f.cls.shape == (24, 2, random_model.embed_dim)  # a depth-2 model: last-4 capped at 2
     assert f.classes == ["blue", "red"] and f.labels.bincount().tolist() == [12, 12]
 
 
