@@ -12,6 +12,7 @@ from .models import (
     load_backbone,
     save_backbone,
 )
+from .tools.extract import extract_features, read_features
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,7 @@ __all__ = [
     "create_backbone",
     "load_backbone",
     "save_backbone",
+    # frozen-feature tools
+    "extract_features",
+    "read_features",
 ]

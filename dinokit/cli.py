@@ -90,8 +90,49 @@ def _demo(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- extract
+def _add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="frozen features of images → shards + index (resumable)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or .txt/.csv file lists")
+    p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    p.add_argument("--output", required=True, help="output folder (rerun to resume)")
+    p.add_argument("--size", type=int, default=None, help="shorter side in px (default: native size)")
+    p.add_argument("--tile", type=int, default=None, help="tile size in px for huge images (maps stitched)")
+    p.add_argument("--overlap", type=int, default=0, help="tile overlap in px (overlapping patches are averaged)")
+    p.add_argument("--layers", type=int, nargs="*", default=[], help="also store these blocks' patch tokens (0-based)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
+    p.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--format", choices=["safetensors", "npy"], default="safetensors")
+    p.add_argument("--shard-size", type=int, default=256, help="images per shard")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.set_defaults(func=_extract)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _extract(args) -> int:
+    from .models import backbone_from_spec
+    from .tools.extract import extract_features
+
+    model = backbone_from_spec(args.backbone)
+    out = extract_features(
+        model, args.inputs, args.output, size=args.size, tile=args.tile, overlap=args.overlap, layers=args.layers,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, store_dtype=args.store_dtype,
+        format=args.format, shard_size=args.shard_size, num_workers=args.workers, backbone_name=args.backbone,
+    )  # fmt: skip
+    print(f"features in {out} (read them with dinokit.read_features({str(out)!r}))")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
 VERBS = [_add_info, _add_convert, _add_demo]
+VERBS += [_add_extract]
 
 
 def build_parser() -> argparse.ArgumentParser:
