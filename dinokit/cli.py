@@ -130,9 +130,40 @@ def _extract(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a backbone (ONNX with dynamic batch and image size)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="<format>")
+    q = kinds.add_parser("onnx", help="ONNX: images [B,3,H,W] → cls, registers, patches; checked with onnxruntime")
+    q.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    q.add_argument("--output", required=True, help="FILE.onnx")
+    q.add_argument("--opset", type=int, default=18)
+    q.add_argument("--size", type=int, default=None, help="example and check size in px (default 8 patches)")
+    q.add_argument("--int8", action="store_true", help="also write FILE.int8.onnx (dynamic int8 quantisation)")
+    q.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from .models import backbone_from_spec
+    from .tools.export import export_onnx
+
+    model = backbone_from_spec(args.backbone)
+    size = None if args.size is None else max(1, args.size // model.patch_size) * model.patch_size
+    report = export_onnx(model, args.output, opset=args.opset, example_size=size, quantize=args.int8)
+    print(f"wrote {report['path']} (opset {report['opset']}; dynamic batch, height, width)")
+    for res, errs in report["max_abs_diff"].items():
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+        print(f"  onnxruntime vs PyTorch fp32 at {res}: max abs diff {diffs}")
+    if "int8" in report:
+        c = report["int8"]["cosine"]
+        print(f"wrote {report['int8']['path']} (int8): cosine to fp32 cls {c['cls']:.4f}, patches mean "
+              f"{c['patches_mean']:.4f} / min {c['patches_min']:.4f}")  # fmt: skip
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
 VERBS = [_add_info, _add_convert, _add_demo]
-VERBS += [_add_extract]
+VERBS += [_add_extract, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:
