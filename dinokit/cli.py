@@ -161,9 +161,47 @@ def _export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- viz
+def _add_viz(sub) -> None:
+    p = sub.add_parser("viz", help="pictures of features: PCA colours, similarity maps, CLS attention")
+    p.add_argument("kind", choices=["pca", "similarity", "attention"])
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    p.add_argument("--output", required=True, help="PNG file")
+    p.add_argument("--size", type=int, default=448, help="shorter side in px, rounded to the patch size (0: native)")
+    p.add_argument("--foreground", type=float, default=None, help="pca: black out the background below this value")
+    p.add_argument("--query", default=None, help="similarity: Y,X pixel in the first image (default: its centre)")
+    p.set_defaults(func=_viz)
+
+
+def _viz(args) -> int:
+    from .data.images import decode_image
+    from .models import backbone_from_spec
+    from .tools import viz
+
+    model = backbone_from_spec(args.backbone)
+    images = [decode_image(path) for path in args.images]
+    size = args.size or None
+    if args.kind == "pca":
+        picture = viz.render_pca(model, images, size, args.foreground)
+    elif args.kind == "similarity":
+        try:
+            query = None if args.query is None else tuple(float(v) for v in args.query.split(","))
+        except ValueError:
+            query = ()
+        if query is not None and len(query) != 2:
+            raise UserError(f"--query must be Y,X in pixels, got {args.query!r}")
+        picture = viz.render_similarity(model, images, query, size)
+    else:
+        picture = viz.render_attention(model, images, size)
+    viz.save_png(picture, args.output)
+    print(f"wrote {args.output} ({picture.shape[1]}×{picture.shape[0]} px)")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
 VERBS = [_add_info, _add_convert, _add_demo]
-VERBS += [_add_extract, _add_export]
+VERBS += [_add_extract, _add_export, _add_viz]
 
 
 def build_parser() -> argparse.ArgumentParser:
