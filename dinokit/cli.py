@@ -199,9 +199,55 @@ def _viz(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- index
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="image search: a faiss index over CLS or pooled patch features")
+    ops = p.add_subparsers(dest="op", required=True, metavar="<build|search>")
+    b = ops.add_parser("build", help="index images (or a folder from `dinokit extract`); extends an existing index")
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, file lists, or one features folder")
+    b.add_argument("--output", required=True, help="index folder")
+    b.add_argument("--backbone", default=None, help="checkpoint, or random:<preset> (not needed for features)")
+    b.add_argument("--kind", choices=["exact", "ivf", "hnsw"], default="exact")
+    b.add_argument("--source", choices=["cls", "patches"], default="cls", help="CLS, or mean-pooled patches")
+    b.add_argument("--size", type=int, default=224, help="shorter side in px when embedding images")
+    b.add_argument("--nlist", type=int, default=None, help="ivf: number of clusters")
+    b.set_defaults(func=_index_build)
+    s = ops.add_parser("search", help="top-k most similar indexed images for query images")
+    s.add_argument("index", help="index folder")
+    s.add_argument("queries", nargs="+", metavar="QUERY", help="query images, folders or file lists")
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--backbone", default=None, help="default: the backbone the index was built with")
+    s.add_argument("--json", default=None, help="also write the results to this JSON file")
+    s.set_defaults(func=_index_search)
+
+
+def _index_build(args) -> int:
+    from .tools.index import build_index
+
+    settings = {"nlist": args.nlist} if args.nlist else {}
+    index = build_index(args.inputs, args.output, args.backbone, args.kind, args.source, args.size, **settings)
+    print(f"{args.output}: {index.kind} index over {index.source} of {len(index)} images (dim {index.dim})")
+    return 0
+
+
+def _index_search(args) -> int:
+    import json
+
+    from .tools.index import search_index
+
+    results = search_index(args.index, args.queries, args.k, args.backbone)
+    for query, hits in results.items():
+        print(query)
+        for rank, (path, score) in enumerate(hits, 1):
+            print(f"  {rank:>3}  {score:.4f}  {path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
 VERBS = [_add_info, _add_convert, _add_demo]
-VERBS += [_add_extract, _add_export, _add_viz]
+VERBS += [_add_extract, _add_export, _add_viz, _add_index]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -383,11 +383,10 @@ class FeatureStore(Mapping):
                 self._open[name] = {k: handle.get_slice(k) for k in handle.keys()}
         return self._open[name]
 
-    def stack(self, key: str = "cls", pool: bool = False) -> tuple[list[str], np.ndarray]:
-        """All images' `key` vectors `[N, D]` in index order (`pool=True`: mean over the patch map)."""
+    def vectors(self, source: str = "cls") -> tuple[list[str], np.ndarray]:
+        """One vector per image, `[N, D]` in index order: the CLS token, or (`"patches"`) the mean patch token."""
         paths = list(self.entries)
-        rows = [self[q][key] for q in paths]
-        rows = [r.reshape(-1, r.shape[-1]).mean(0) if pool else r for r in rows]
+        rows = [self[q]["cls"] if source == "cls" else self[q]["patches"].mean((0, 1)) for q in paths]
         return paths, np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.meta["embed_dim"]), np.float32)
 
 

@@ -72,8 +72,8 @@ def test_viz_cli(image_folder, tmp_path, capsys):
     imgs = [str(image_folder / "a.png"), str(image_folder / "b.png")]
     for kind, extra in [("pca", ["--foreground", "0.3"]), ("similarity", ["--query", "20,30"]), ("attention", [])]:
         out = tmp_path / f"{kind}.png"
-        rc = main(["viz", kind, *imgs, "--backbone", "random:dinov3_test", "--output", str(out), "--size", "64", *extra])
-        assert rc == 0
+        args = ["--backbone", "random:dinov3_test", "--output", str(out), "--size", "64"]
+        assert main(["viz", kind, *imgs, *args, *extra]) == 0
         arr = np.asarray(Image.open(out))
         assert arr.ndim == 3 and arr.shape[0] == 64 + 8 + 64  # two rows of 64 px panels
     rc = main(["viz", "similarity", imgs[0], "--backbone", "random:dinov3_test", "--output", str(tmp_path / "x.png"),
