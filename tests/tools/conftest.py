@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from dinokit.demo_photo import generated_scene
 from dinokit.models import create_backbone
+from tests.tools.helpers import write_png
 
 
 @pytest.fixture(scope="session")
@@ -21,13 +19,6 @@ def v2_model():
 def v3_model():
     torch.manual_seed(0)
     return create_backbone("dinov3_test").eval()
-
-
-def write_png(path, size: int = 96, seed: int = 0, crop: tuple[int, int] | None = None) -> None:
-    img = generated_scene(size, seed).permute(1, 2, 0).numpy()
-    if crop is not None:
-        img = img[: crop[0], : crop[1]]
-    Image.fromarray(np.ascontiguousarray(img)).save(path)
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ import torch
 from dinokit.cli import main
 from dinokit.models.layers import interpolate_pos_embed
 from dinokit.tools.export import export_onnx, resize_pos_embed, verify_onnx
+from tests.tools.helpers import trained_like
 
 
 @pytest.mark.parametrize("rule", ["legacy", "antialias"])
@@ -22,11 +23,7 @@ def test_onnx_parity_at_two_resolutions(preset, tmp_path):
     from dinokit.models import create_backbone
 
     torch.manual_seed(0)
-    model = create_backbone(preset).eval()
-    with torch.no_grad():  # trained-like LayerScale, so every block changes the output (init is 1e-5)
-        for name, gamma in model.named_parameters():
-            if name.endswith("gamma"):
-                gamma.uniform_(0.2, 1.0)
+    model = trained_like(create_backbone(preset).eval())
     p = model.patch_size
     report = export_onnx(model, tmp_path / "m.onnx", verify_sizes=[(8 * p, 8 * p), (6 * p, 11 * p)], quantize=True)
     errors = [e for size in report["max_abs_diff"].values() for e in size.values()]

@@ -10,6 +10,7 @@ from dinokit.cli import main
 from dinokit.data.images import decode_image
 from dinokit.errors import UserError
 from dinokit.tools.extract import Preprocess, extract_features, features_of_image, stitch, tile_grid
+from tests.tools.helpers import write_png
 
 
 class LocalModel(nn.Module):
@@ -95,8 +96,6 @@ def test_extract_writes_reads_and_resumes(v3_model, image_folder, tmp_path, fmt)
 
     index_before = (out / "index.jsonl").read_text()
     (image_folder / "broken.png").unlink()
-    from tests.tools.conftest import write_png
-
     write_png(image_folder / "d.png", 80, 3)
     extract_features(v3_model, image_folder, out, size=64, layers=[0], format=fmt, shard_size=2, progress=False)
     index_after = (out / "index.jsonl").read_text()
