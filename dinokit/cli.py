@@ -245,9 +245,67 @@ def _index_search(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- prototypes
+def _add_prototypes(sub) -> None:
+    p = sub.add_parser("prototypes", help="few-shot class prototypes: per-patch classes and OOD masks")
+    ops = p.add_subparsers(dest="op", required=True, metavar="<build|apply>")
+    b = ops.add_parser("build", help="prototypes from labelled images (class sub-folders or a path,label list)")
+    b.add_argument("source", help="folder with one sub-folder per class, or a .txt/.csv list")
+    b.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    b.add_argument("--output", required=True, help="prototypes file (.safetensors)")
+    b.add_argument("--masks", default=None, help="folder of masks named <image stem>.png (white = class region)")
+    b.add_argument("--size", type=int, default=448, help="shorter side in px (0: native)")
+    b.set_defaults(func=_prototypes_build)
+    a = ops.add_parser("apply", help="class map, OOD score and OOD mask for images")
+    a.add_argument("images", nargs="+", metavar="IMAGE")
+    a.add_argument("--prototypes", required=True, help="file from `dinokit prototypes build`")
+    a.add_argument("--output", required=True, help="output folder (a PNG and an .npz per image)")
+    a.add_argument("--threshold", type=float, default=None, help="OOD threshold (default: the calibrated one)")
+    a.add_argument("--backbone", default=None, help="default: the backbone the prototypes were built with")
+    a.set_defaults(func=_prototypes_apply)
+
+
+def _prototypes_build(args) -> int:
+    from .models import backbone_from_spec
+    from .tools.prototypes import build_prototypes
+
+    protos = build_prototypes(backbone_from_spec(args.backbone), args.source, args.masks, args.size or None)
+    protos.meta["backbone"] = args.backbone
+    protos.save(args.output)
+    counts = ", ".join(f"{n} ({c} patches)" for n, c in zip(protos.names, protos._count.tolist()))
+    print(f"wrote {args.output}: {counts}; OOD threshold {protos.threshold:.4f} (99th percentile of known patches)")
+    return 0
+
+
+def _prototypes_apply(args) -> int:
+    import numpy as np
+
+    from .data.images import decode_image
+    from .models import backbone_from_spec
+    from .tools.prototypes import Prototypes, apply_prototypes, render_result
+    from .tools.viz import save_png
+
+    protos = Prototypes.load(args.prototypes)
+    spec = args.backbone or protos.meta.get("backbone")
+    if not spec:
+        raise UserError("the prototypes file does not record its backbone; pass --backbone")
+    model = backbone_from_spec(spec)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        result = apply_prototypes(model, protos, decode_image(path), args.threshold)
+        stem = Path(path).stem
+        save_png(render_result(result), out / f"{stem}.png")
+        arrays = {k: np.asarray(v) for k, v in result.items() if k != "shown"}
+        np.savez_compressed(out / f"{stem}.npz", classes=np.array(protos.names), **arrays)
+        share = float(result["ood_mask"].float().mean())
+        print(f"{path}: {share:.1%} of patches out of distribution → {out / (stem + '.png')}")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
 VERBS = [_add_info, _add_convert, _add_demo]
-VERBS += [_add_extract, _add_export, _add_viz, _add_index]
+VERBS += [_add_extract, _add_export, _add_viz, _add_index, _add_prototypes]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -182,7 +182,7 @@ def save_side_by_side(image: torch.Tensor, feature_rgb: torch.Tensor, path: str 
 
 
 # ----------------------------------------------------------------------------------- backbone → pictures
-def _prepare(model, images: Sequence[torch.Tensor], size: int | None) -> list[tuple[torch.Tensor, np.ndarray]]:
+def prepare_images(model, images: Sequence[torch.Tensor], size: int | None) -> list[tuple[torch.Tensor, np.ndarray]]:
     """uint8 images `[3, H, W]` → (normalised model input, what the model saw as uint8 `[H', W', 3]`)."""
     from .extract import Preprocess
 
@@ -207,7 +207,7 @@ def render_pca(
     model, images: Sequence[torch.Tensor], size: int | None = 448, foreground_threshold: float | None = None
 ) -> np.ndarray:
     """One row per image: the input | its patch features' PCA colours (fitted jointly over all images)."""
-    inputs = _prepare(model, images, size)
+    inputs = prepare_images(model, images, size)
     maps = pca_rgb([_patch_map(model, x) for x, _ in inputs], foreground_threshold)
     return grid_canvas([[shown, to_uint8(rgb, shown.shape[:2])] for (_, shown), rgb in zip(inputs, maps)])
 
@@ -217,7 +217,7 @@ def render_similarity(
 ) -> np.ndarray:
     """The first image with the query point `(y, x)` (pixels of the original first image; default its centre)
     marked, then the cosine-similarity map of that point to every patch of each image (shared colour range)."""
-    inputs = _prepare(model, images, size)
+    inputs = prepare_images(model, images, size)
     H0, W0 = images[0].shape[-2:]
     y, x = query if query is not None else (H0 / 2, W0 / 2)
     if not (0 <= y < H0 and 0 <= x < W0):
@@ -248,7 +248,7 @@ def _mark(img: np.ndarray, y: int, x: int, r: int = 6) -> None:
 def render_attention(model, images: Sequence[torch.Tensor], size: int | None = 448) -> np.ndarray:
     """One row per image: the input | the mean over heads | each head's CLS attention (own colour range)."""
     rows = []
-    for x, shown in _prepare(model, images, size):
+    for x, shown in prepare_images(model, images, size):
         attn = attention_maps(model, x[None])[0]  # [heads, h, w]
         panels = [attn.mean(0)] + list(attn)
         rows.append([shown] + [to_uint8(colormap(a), shown.shape[:2]) for a in panels])
