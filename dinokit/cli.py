@@ -303,9 +303,91 @@ def _prototypes_apply(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- head
+def _add_head(sub) -> None:
+    p = sub.add_parser("head", help="train heads on frozen features (classifiers, segmentation) and predict")
+    ops = p.add_subparsers(dest="op", required=True, metavar="<train|predict>")
+    t = ops.add_parser("train", help="train a head on the frozen features of labelled images")
+    t.add_argument("source", help="single: class folders or path,label list; multi: CSV path,<label>…(0/1); "
+                                  "segment: images (with --masks)")  # fmt: skip
+    t.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    t.add_argument("--output", required=True, help="head file (.safetensors); features cached beside it")
+    t.add_argument("--kind", choices=["linear", "mlp", "conv"], default="linear")
+    t.add_argument("--task", choices=["single", "multi", "segment"], default="single")
+    t.add_argument("--features", choices=["cls", "cls+avg"], default="cls", help="classifier input")
+    t.add_argument("--masks", default=None, help="segment: folder of <image stem>.png label maps (255 = ignore)")
+    t.add_argument("--classes", default=None, help="segment: comma-separated class names")
+    t.add_argument("--size", type=int, default=224, help="shorter side in px (0: native)")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.set_defaults(func=_head_train)
+    q = ops.add_parser("predict", help="classify or segment images with a trained head")
+    q.add_argument("images", nargs="+", metavar="IMAGE")
+    q.add_argument("--head", required=True, help="file from `dinokit head train`")
+    q.add_argument("--backbone", default=None, help="default: the backbone the head was trained on")
+    q.add_argument("--output", default=None, help="classification: JSON file; segmentation: folder of PNG masks")
+    q.add_argument("--tile", type=int, default=None, help="tile size in px for huge images")
+    q.add_argument("--overlap", type=int, default=0)
+    q.set_defaults(func=_head_predict)
+
+
+def _head_train(args) -> int:
+    from .models import backbone_from_spec
+    from .tools.heads import save_head, train_head_on_images
+
+    model = backbone_from_spec(args.backbone)
+    classes = args.classes.split(",") if args.classes else None
+    head, config, metrics = train_head_on_images(
+        model, args.source, args.output, args.kind, args.task, args.features, args.masks, classes,
+        args.size or None, args.epochs, args.lr, backbone_name=args.backbone,
+    )  # fmt: skip
+    save_head(head, config, args.output)
+    trainable = sum(p.numel() for p in head.parameters())
+    print(f"wrote {args.output}: {args.kind} head, {args.task}-label, {len(config.classes)} classes, "
+          f"{trainable} parameters; training set: {metrics}")  # fmt: skip
+    return 0
+
+
+def _head_predict(args) -> int:
+    import json
+
+    import numpy as np
+
+    from .data.images import decode_image
+    from .models import backbone_from_spec
+    from .tools.heads import load_head, predict_image
+
+    head, config = load_head(args.head)
+    spec = args.backbone or config.meta.get("backbone")
+    if not spec:
+        raise UserError("the head file does not record its backbone; pass --backbone")
+    model = backbone_from_spec(spec)
+    results = {}
+    for path in args.images:
+        out = predict_image(model, head, config, decode_image(path), args.tile, args.overlap)
+        if config.task == "segment":
+            if args.output:
+                from .tools.viz import save_png
+
+                Path(args.output).mkdir(parents=True, exist_ok=True)
+                labels = out["labels"].numpy().astype(np.uint8)
+                save_png(np.repeat(labels[..., None], 3, axis=-1), Path(args.output) / f"{Path(path).stem}.png")
+            counts = np.bincount(out["labels"].flatten().numpy(), minlength=len(config.classes))
+            results[path] = {c: round(float(n) / counts.sum(), 4) for c, n in zip(config.classes, counts)}
+        elif config.task == "multi":
+            results[path] = {c: round(float(p), 4) for c, p, on in zip(config.classes, out["probs"], out["labels"])
+                             if on}  # fmt: skip
+        else:
+            results[path] = {config.classes[int(out["labels"])]: round(float(out["probs"].max()), 4)}
+        print(f"{path}: {results[path]}")
+    if args.output and config.task != "segment":
+        Path(args.output).write_text(json.dumps(results, indent=1))
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
 VERBS = [_add_info, _add_convert, _add_demo]
-VERBS += [_add_extract, _add_export, _add_viz, _add_index, _add_prototypes]
+VERBS += [_add_extract, _add_export, _add_viz, _add_index, _add_prototypes, _add_head]
 
 
 def build_parser() -> argparse.ArgumentParser:
