@@ -88,15 +88,16 @@ def test_head_cli_single_multi_segment(tmp_path, capsys):
             Image.fromarray(lab).save(tmp_path / "masks" / f"{name}_half{i}.png")
     (tmp_path / "multi.csv").write_text("\n".join(rows))
     common = ["--backbone", "random:dinov3_test", "--size", "0", "--epochs", "60", "--lr", "1e-2"]
-    assert main(["head", "train", str(tmp_path / "cls"), "--output", str(tmp_path / "single.safetensors")]
-                + common) == 0  # fmt: skip
+    # a random backbone's CLS hardly depends on the image (LayerScale 1e-5): classify CLS ‖ mean patch
+    assert main(["head", "train", str(tmp_path / "cls"), "--output", str(tmp_path / "single.safetensors"),
+                 "--features", "cls+avg"] + common) == 0  # fmt: skip
     probe = solid(colours["blue"])
     Image.fromarray(probe).save(tmp_path / "probe.png")
     assert main(["head", "predict", str(tmp_path / "probe.png"), "--head", str(tmp_path / "single.safetensors"),
                  "--output", str(tmp_path / "p.json")]) == 0  # fmt: skip
     assert list(json.loads((tmp_path / "p.json").read_text()).values())[0].keys() == {"blue"}
-    assert main(["head", "train", str(tmp_path / "multi.csv"), "--task", "multi", "--kind", "mlp",
-                 "--output", str(tmp_path / "multi.safetensors")] + common) == 0  # fmt: skip
+    assert main(["head", "train", str(tmp_path / "multi.csv"), "--task", "multi", "--kind", "mlp", "--features",
+                 "cls+avg", "--output", str(tmp_path / "multi.safetensors")] + common) == 0  # fmt: skip
     assert main(["head", "predict", str(tmp_path / "probe.png"), "--head", str(tmp_path / "multi.safetensors")]) == 0
     assert "'bluish'" in capsys.readouterr().out
     assert main(["head", "train", str(tmp_path / "halves"), "--task", "segment", "--kind", "conv", "--masks",

@@ -64,7 +64,7 @@ def test_attention_maps_match_the_last_block(fixture, request):
     hook.remove()
     full = model.blocks[-1].attn.attention_map(*seen["args"])  # [B, heads, N, N]
     maps = attention_maps(model, x)
-    assert maps.shape == (2, 4, 4, 5)
+    assert maps.shape == (2, model.blocks[-1].attn.num_heads, 4, 5)
     torch.testing.assert_close(maps.flatten(2), full[:, :, 0, 1 + model.num_registers :])
 
 
