@@ -255,6 +255,7 @@ def _add_prototypes(sub) -> None:
     b.add_argument("--output", required=True, help="prototypes file (.safetensors)")
     b.add_argument("--masks", default=None, help="folder of masks named <image stem>.png (white = class region)")
     b.add_argument("--size", type=int, default=448, help="shorter side in px (0: native)")
+    b.add_argument("--per-class", type=int, default=1, help="prototypes per class (cosine k-means when > 1)")
     b.set_defaults(func=_prototypes_build)
     a = ops.add_parser("apply", help="class map, OOD score and OOD mask for images")
     a.add_argument("images", nargs="+", metavar="IMAGE")
@@ -269,10 +270,11 @@ def _prototypes_build(args) -> int:
     from .models import backbone_from_spec
     from .tools.prototypes import build_prototypes
 
-    protos = build_prototypes(backbone_from_spec(args.backbone), args.source, args.masks, args.size or None)
+    model = backbone_from_spec(args.backbone)
+    protos = build_prototypes(model, args.source, args.masks, args.size or None, args.per_class)
     protos.meta["backbone"] = args.backbone
     protos.save(args.output)
-    counts = ", ".join(f"{n} ({c} patches)" for n, c in zip(protos.names, protos._count.tolist()))
+    counts = ", ".join(f"{n} ({c} patches)" for n, c in zip(protos.names, protos.counts))
     print(f"wrote {args.output}: {counts}; OOD threshold {protos.threshold:.4f} (99th percentile of known patches)")
     return 0
 
@@ -295,7 +297,7 @@ def _prototypes_apply(args) -> int:
     for path in args.images:
         result = apply_prototypes(model, protos, decode_image(path), args.threshold)
         stem = Path(path).stem
-        save_png(render_result(result), out / f"{stem}.png")
+        save_png(render_result(result, len(protos.names)), out / f"{stem}.png")
         arrays = {k: np.asarray(v) for k, v in result.items() if k != "shown"}
         np.savez_compressed(out / f"{stem}.npz", classes=np.array(protos.names), **arrays)
         share = float(result["ood_mask"].float().mean())

@@ -2,8 +2,10 @@
 
 The prototype-based zero-shot OOD approach used on road-anomaly benchmarks: each known class is the mean of the
 L2-normalised patch features of a few labelled images (all their patches, or those under a mask of the class
-region). A patch is classified by cosine similarity to the prototypes; its OOD score is `1 − max_k cos(f, p_k)`
-(high = unlike every known class), and `score > threshold` gives an anomaly mask. When prototypes are built,
+region), or — `per_class > 1` — the centres of a cosine k-means of them, for classes whose parts look unlike
+each other (a whole street scene as one "known" class). A patch takes the class of its most similar prototype
+(cosine); its OOD score is `1 − max_k cos(f, p_k)` (high = unlike every known prototype), and
+`score > threshold` gives an anomaly mask. When prototypes are built,
 the threshold defaults to the 99th percentile of the OOD scores of the labelled patches themselves, i.e. about
 1 % of known-class patches are flagged. That calibration is in-sample, hence optimistic: new images of known
 classes score a little higher, so set the threshold on a held-out image where false alarms matter.
@@ -36,46 +38,67 @@ def mask_to_patches(mask: torch.Tensor, grid: tuple[int, int], min_fraction: flo
     return coverage >= min_fraction
 
 
-class Prototypes:
-    """Named unit prototypes `[K, D]`, built incrementally from patch maps."""
+def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
+    """`k` unit centres of unit vectors `x [N, D]` (cosine k-means, seeded random initial points)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(len(x), generator=g)[:k]].clone()  # [k, D]
+    for _ in range(iters):
+        assign = (x @ centres.T).argmax(1)  # [N]
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        filled = torch.bincount(assign, minlength=k) > 0
+        centres[filled] = F.normalize(sums[filled], dim=-1)  # an empty cluster keeps its centre
+    return centres
 
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
+
+class Prototypes:
+    """Named classes, each with `per_class` unit prototypes (the mean, or cosine k-means centres for classes
+    that look different in different places), built incrementally from patch maps."""
+
+    def __init__(self, dim: int, per_class: int = 1) -> None:
+        self.dim, self.per_class = dim, per_class
         self.names: list[str] = []
-        self._sum = torch.zeros(0, dim, dtype=torch.float64)
-        self._count = torch.zeros(0, dtype=torch.long)
-        self._scores: list[torch.Tensor] = []  # unit features seen, for the default threshold
+        self.counts: list[int] = []
+        self._feats: dict[str, list[torch.Tensor]] = {}  # unit features seen, until saved
+        self._vectors: torch.Tensor | None = None  # [K, D]
+        self.owner = torch.zeros(0, dtype=torch.long)  # [K]: class of each prototype
         self.threshold: float | None = None
         self.meta: dict = {}
 
     def add(self, name: str, patch_map: torch.Tensor, mask: torch.Tensor | None = None) -> int:
         """Add the patches of `patch_map [h, w, D]` (those where `mask [h, w]` is True) to class `name`."""
-        feats = F.normalize(patch_map.reshape(-1, self.dim).double(), dim=-1)  # [h·w, D]
+        feats = F.normalize(patch_map.reshape(-1, self.dim).float(), dim=-1)  # [h·w, D]
         if mask is not None:
             feats = feats[mask.reshape(-1).bool()]
         if name not in self.names:
             self.names.append(name)
-            self._sum = torch.cat([self._sum, torch.zeros(1, self.dim, dtype=torch.float64)])
-            self._count = torch.cat([self._count, torch.zeros(1, dtype=torch.long)])
-        k = self.names.index(name)
-        self._sum[k] += feats.sum(0)
-        self._count[k] += len(feats)
-        self._scores.append(feats.float())
+            self.counts.append(0)
+        self.counts[self.names.index(name)] += len(feats)
+        self._feats.setdefault(name, []).append(feats)
+        self._vectors = None  # refit on next use
         return len(feats)
 
     @property
     def vectors(self) -> torch.Tensor:
-        """The prototypes `[K, D]`, L2-normalised."""
-        if not self.names or (self._count == 0).any():
-            empty = [n for n, c in zip(self.names, self._count.tolist()) if c == 0]
-            raise UserError(f"no patches for class(es) {empty or 'any'}; check the masks or images")
-        return F.normalize((self._sum / self._count[:, None]).float(), dim=-1)
+        """The prototypes `[K, D]`, L2-normalised; `owner[k]` is the class of prototype k."""
+        if self._vectors is None:
+            empty = [n for n, c in zip(self.names, self.counts) if c == 0]
+            if not self.names or empty:
+                raise UserError(f"no patches for class(es) {empty or 'any'}; check the masks or images")
+            centres, owner = [], []
+            for k, name in enumerate(self.names):
+                x = torch.cat(self._feats[name])  # [n, D]
+                c = F.normalize(x.mean(0, keepdim=True), dim=-1) if self.per_class == 1 else (
+                    spherical_kmeans(x, min(self.per_class, len(x))))  # fmt: skip
+                centres.append(c)
+                owner += [k] * len(c)
+            self._vectors, self.owner = torch.cat(centres), torch.tensor(owner)
+        return self._vectors
 
     def calibrate(self, quantile: float = 0.99) -> float:
         """Set the OOD threshold to the `quantile` of the OOD scores of the patches used to build the prototypes."""
-        if not self._scores:
+        if not self._feats:
             raise UserError("calibration needs the patches the prototypes were built from (not kept in files)")
-        seen = torch.cat(self._scores)
+        seen = torch.cat([f for feats in self._feats.values() for f in feats])
         self.threshold = float(torch.quantile(self.ood_score(seen), quantile))
         return self.threshold
 
@@ -84,9 +107,9 @@ class Prototypes:
         return F.normalize(patch_map.float(), dim=-1) @ self.vectors.T
 
     def classify(self, patch_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-patch class index `[...]` and its cosine similarity `[...]`."""
-        best, labels = self.similarities(patch_map).max(-1)
-        return labels, best
+        """Per-patch class index `[...]` and the cosine similarity to its nearest prototype `[...]`."""
+        best, nearest = self.similarities(patch_map).max(-1)
+        return self.owner[nearest], best
 
     def ood_score(self, patch_map: torch.Tensor) -> torch.Tensor:
         """`1 − max_k cos(patch, prototype_k)`, `[...]`."""
@@ -103,9 +126,11 @@ class Prototypes:
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.torch import save_file
 
-        meta = {"names": self.names, "counts": self._count.tolist(), "threshold": self.threshold, **self.meta}
+        meta = {"names": self.names, "counts": self.counts, "per_class": self.per_class, "threshold": self.threshold,
+                **self.meta}  # fmt: skip
+        tensors = {"prototypes": self.vectors.contiguous(), "owner": self.owner}
         tmp = f"{path}.tmp"
-        save_file({"prototypes": self.vectors.contiguous()}, tmp, metadata={"dinokit": json.dumps(meta)})
+        save_file(tensors, tmp, metadata={"dinokit": json.dumps(meta)})
         os.replace(tmp, path)
 
     @classmethod
@@ -116,21 +141,20 @@ class Prototypes:
             raise UserError(f"{path}: no such prototypes file")
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("dinokit", "{}"))
-            vectors = f.get_tensor("prototypes")
-        if "names" not in meta:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if "names" not in meta or "owner" not in tensors:
             raise UserError(f"{path}: not a dinokit prototypes file")
-        protos = cls(vectors.shape[1])
-        protos.names = meta.pop("names")
-        protos._count = torch.tensor(meta.pop("counts"))
-        protos._sum = vectors.double() * protos._count[:, None]  # the means are unit vectors already
-        protos.threshold = meta.pop("threshold")
+        protos = cls(tensors["prototypes"].shape[1], meta.pop("per_class"))
+        protos.names, protos.counts, protos.threshold = meta.pop("names"), meta.pop("counts"), meta.pop("threshold")
+        protos._vectors, protos.owner = tensors["prototypes"], tensors["owner"]
         protos.meta = meta
         return protos
 
 
 # ------------------------------------------------------------------------------------ images → prototypes
 def build_prototypes(
-    model, source: str | os.PathLike, masks: str | os.PathLike | None = None, size: int | None = 448
+    model, source: str | os.PathLike, masks: str | os.PathLike | None = None, size: int | None = 448,
+    per_class: int = 1,
 ) -> Prototypes:
     """Prototypes from labelled images: a folder with one sub-folder per class (or a `path,label` list). With
     `masks`, a folder of mask images named like the images (`<stem>.png`, white = the class region); images
@@ -139,7 +163,7 @@ def build_prototypes(
     if images.labels is None:
         raise UserError(f"{source}: prototypes need labelled images (class sub-folders or a path,label list)")
     prep = Preprocess(model.patch_size, size)
-    protos = Prototypes(model.embed_dim)
+    protos = Prototypes(model.embed_dim, per_class)
     for path, label in tqdm(list(zip(images.paths, images.labels)), desc="prototypes", unit="img"):
         x = prep(decode_image(path))
         patch_map = features_of_image(model, x)["patches"]  # [h, w, D]
@@ -172,8 +196,9 @@ def apply_prototypes(
             "ood_mask": protos.ood_mask(patch_map, threshold), "shown": shown}  # fmt: skip
 
 
-def render_result(result: dict) -> np.ndarray:
-    """Input | class map | OOD score | input with the OOD mask in red, as one uint8 picture `[H, W, 3]`."""
+def render_result(result: dict, num_classes: int = 2) -> np.ndarray:
+    """Input | class map (if several classes) | OOD score | input with the OOD mask in red, as one uint8
+    picture `[H, W, 3]`."""
     shown = result["shown"]
     size = shown.shape[:2]
     classes = to_uint8(PALETTE[result["labels"] % len(PALETTE)], size)
@@ -181,4 +206,4 @@ def render_result(result: dict) -> np.ndarray:
     mask = F.interpolate(result["ood_mask"].float()[None, None], size=size)[0, 0].bool().numpy()  # [H, W]
     overlay = shown.copy()
     overlay[mask] = (0.5 * overlay[mask] + [127, 0, 0]).astype(np.uint8)
-    return grid_canvas([[shown, classes, score, overlay]])
+    return grid_canvas([[shown, classes, score, overlay] if num_classes > 1 else [shown, score, overlay]])

@@ -253,3 +253,21 @@ def render_attention(model, images: Sequence[torch.Tensor], size: int | None = 4
         panels = [attn.mean(0)] + list(attn)
         rows.append([shown] + [to_uint8(colormap(a), shown.shape[:2]) for a in panels])
     return grid_canvas(rows)
+
+
+def render_matches(
+    image_a: np.ndarray, image_b: np.ndarray, kp_a: torch.Tensor, kp_b: torch.Tensor, pairs: torch.Tensor,
+    correct: torch.Tensor | None = None, gap: int = 8,
+) -> np.ndarray:  # fmt: skip
+    """Two uint8 images `[H, W, 3]` side by side with lines between matched keypoints (`kp [N, 2]` x/y,
+    `pairs [K, 2]`); green for correct and red for wrong matches when `correct [K]` is given, else yellow."""
+    from PIL import ImageDraw
+
+    canvas = Image.fromarray(grid_canvas([[image_a, image_b]], gap))
+    draw = ImageDraw.Draw(canvas)
+    offset = image_a.shape[1] + gap
+    for k, (i, j) in enumerate(pairs.tolist()):
+        colour = (255, 220, 0) if correct is None else ((40, 200, 60) if correct[k] else (230, 40, 40))
+        (xa, ya), (xb, yb) = kp_a[i].tolist(), kp_b[j].tolist()
+        draw.line([(xa, ya), (xb + offset, yb)], fill=colour, width=1)
+    return np.asarray(canvas)

@@ -42,6 +42,20 @@ def test_classification_and_ood_mask_on_known_structure(tmp_path):
         again.calibrate()
 
 
+def test_several_prototypes_cover_a_class_with_two_looks():
+    g = torch.Generator().manual_seed(0)
+    a, b, unknown = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    feats = torch.cat([a + 0.1 * torch.randn(20, 16, generator=g), b + 0.1 * torch.randn(20, 16, generator=g)])
+    scores = {}
+    for k in (1, 2):
+        protos = Prototypes(16, per_class=k)
+        protos.add("known", feats[:, None])
+        scores[k] = protos.ood_score(torch.stack([a, b, unknown]))
+        assert len(protos.vectors) == k and protos.owner.tolist() == [0] * k
+    assert scores[2][:2].max() < 0.05 < scores[1][:2].min()  # the mean of two looks matches neither
+    assert scores[2][2] > 0.5
+
+
 def test_masked_regions_and_pixel_masks():
     feats = torch.zeros(2, 2, 4)
     feats[:, 0, 0], feats[:, 1, 1] = 1, 1  # left column → e0, right column → e1
