@@ -322,6 +322,8 @@ def _add_head(sub) -> None:
     t.add_argument("--size", type=int, default=224, help="shorter side in px (0: native)")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lora", type=int, default=0, metavar="RANK", help="also fine-tune LoRA adapters of this rank")
+    t.add_argument("--lora-targets", choices=["qv", "qkv"], default="qv")
     t.set_defaults(func=_head_train)
     q = ops.add_parser("predict", help="classify or segment images with a trained head")
     q.add_argument("images", nargs="+", metavar="IMAGE")
@@ -339,10 +341,22 @@ def _head_train(args) -> int:
 
     model = backbone_from_spec(args.backbone)
     classes = args.classes.split(",") if args.classes else None
-    head, config, metrics = train_head_on_images(
-        model, args.source, args.output, args.kind, args.task, args.features, args.masks, classes,
-        args.size or None, args.epochs, args.lr, backbone_name=args.backbone,
-    )  # fmt: skip
+    if args.lora:
+        from .tools.finetune import finetune_classifier
+        from .tools.lora import save_adapter
+
+        head, config, metrics = finetune_classifier(
+            model, args.source, args.task, args.kind, args.features, args.lora, args.lora_targets,
+            args.size or None, args.epochs, args.lr, backbone_name=args.backbone,
+        )  # fmt: skip
+        adapter = Path(args.output).with_suffix(".lora.safetensors")
+        save_adapter(model, adapter)
+        config.meta["adapter"] = adapter.name  # found beside the head file
+    else:
+        head, config, metrics = train_head_on_images(
+            model, args.source, args.output, args.kind, args.task, args.features, args.masks, classes,
+            args.size or None, args.epochs, args.lr, backbone_name=args.backbone,
+        )  # fmt: skip
     save_head(head, config, args.output)
     trainable = sum(p.numel() for p in head.parameters())
     print(f"wrote {args.output}: {args.kind} head, {args.task}-label, {len(config.classes)} classes, "
@@ -364,6 +378,10 @@ def _head_predict(args) -> int:
     if not spec:
         raise UserError("the head file does not record its backbone; pass --backbone")
     model = backbone_from_spec(spec)
+    if config.meta.get("adapter"):
+        from .tools.lora import load_adapter
+
+        load_adapter(model, Path(args.head).parent / config.meta["adapter"])
     results = {}
     for path in args.images:
         out = predict_image(model, head, config, decode_image(path), args.tile, args.overlap)

@@ -77,7 +77,7 @@ def create_head(config: HeadConfig) -> nn.Module:
     raise UserError(f"head kind must be 'linear', 'mlp' or 'conv', got {config.kind!r}")
 
 
-def _loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def head_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if task == "multi":
         return F.binary_cross_entropy_with_logits(logits, targets.float())
     if task == "segment":  # logits at the patch grid, labels at pixels: upsample the logits (dense-probe rule)
@@ -110,7 +110,7 @@ def train_head(
     head.train()
     for _ in tqdm(range(epochs), desc=f"train {config.kind} head", unit="epoch", disable=not progress):
         for x, y in _batches(features, targets, batch_size):
-            loss = _loss(config.task, head(x), y)
+            loss = head_loss(config.task, head(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -198,9 +198,29 @@ def read_multilabel_csv(path: str | os.PathLike) -> tuple[list[str], list[str], 
     return paths, names, values
 
 
-def _vector(f: dict, source: str) -> torch.Tensor:
+def image_vector(f: dict, source: str) -> torch.Tensor:
+    """The classifier input from features `{"cls": [..., D], "patches": [..., h, w, D]}`: CLS or CLS ‖ mean patch."""
     cls = torch.as_tensor(f["cls"]).float()
-    return cls if source == "cls" else torch.cat([cls, torch.as_tensor(f["patches"]).float().mean((0, 1))])
+    return cls if source == "cls" else torch.cat([cls, torch.as_tensor(f["patches"]).float().mean((-3, -2))], -1)
+
+
+def read_labels(source: str, task: str) -> tuple[list[str], list[str], torch.Tensor | None]:
+    """Image paths, class names and targets of a training source (see `train_head_on_images`)."""
+    from pathlib import Path
+
+    from ..data.datasets import ImageList
+
+    if task not in ("single", "multi", "segment"):
+        raise UserError(f"task must be 'single', 'multi' or 'segment', got {task!r}")
+    if task == "multi":
+        return read_multilabel_csv(source)
+    images = ImageList.from_source(source)
+    paths = [str(Path(p).resolve()) for p in images.paths]
+    if task == "segment":
+        return paths, [], None
+    if images.labels is None:
+        raise UserError(f"{source}: single-label training needs class sub-folders or a path,label list")
+    return paths, images.classes, torch.tensor(images.labels)
 
 
 def train_head_on_images(
@@ -213,23 +233,13 @@ def train_head_on_images(
     in `<output>.features/`. Returns the head, its config and training-set metrics."""
     from pathlib import Path
 
-    from ..data.datasets import ImageList
     from ..data.images import decode_image
     from .extract import FeatureStore, Preprocess, extract_features
 
-    if task not in ("single", "multi", "segment"):
-        raise UserError(f"task must be 'single', 'multi' or 'segment', got {task!r}")
     if (task == "segment") != (kind == "conv"):
         raise UserError("segmentation uses the conv decoder (--kind conv), and the conv decoder only segments")
-    if task == "multi":
-        paths, classes, targets = read_multilabel_csv(source)
-    else:
-        images = ImageList.from_source(source)
-        paths = [str(Path(p).resolve()) for p in images.paths]
-        if task == "single":
-            if images.labels is None:
-                raise UserError(f"{source}: single-label training needs class sub-folders or a path,label list")
-            classes, targets = images.classes, torch.tensor(images.labels)
+    paths, found, targets = read_labels(source, task)
+    classes = found or classes
     cache = Path(f"{output}.features")
     store = FeatureStore(extract_features(model, paths, cache, size=size, backbone_name=backbone_name))
     missing = [p for p in paths if p not in store]
@@ -258,7 +268,7 @@ def train_head_on_images(
         valid = torch.cat([yi.flatten() != IGNORE for yi in y])
         correct = torch.cat([(pi == yi).flatten() for pi, yi in zip(pred, y)])
         return head, config, {"pixel_accuracy": float(correct[valid].float().mean())}
-    x = torch.stack([_vector(store[p], features) for p in paths])  # [N, in_dim]
+    x = torch.stack([image_vector(store[p], features) for p in paths])  # [N, in_dim]
     config = HeadConfig(kind, task, x.shape[1], list(classes), features, meta=meta)
     head = train_head(config, x, targets, epochs=epochs, lr=lr)
     out = predict(head, config, x)
@@ -281,5 +291,5 @@ def predict_image(
     if config.task == "segment":
         out = predict(head, config, f["patches"].permute(2, 0, 1)[None], tuple(x.shape[-2:]))
     else:
-        out = predict(head, config, _vector(f, config.features)[None])
+        out = predict(head, config, image_vector(f, config.features)[None])
     return {k: v[0] for k, v in out.items()}
