@@ -70,14 +70,14 @@ def _border(h: int, w: int) -> torch.Tensor:
 
 
 def pca_rgb(
-    patches: torch.Tensor | Sequence[torch.Tensor], foreground_threshold: float | None = None
+    patches: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray], foreground_threshold: float | None = None
 ) -> torch.Tensor | list[torch.Tensor]:
     """Patch features `[h, w, D]` (or a list of them, fitted jointly) → RGB maps `[h, w, 3]` in [0, 1].
 
     With `foreground_threshold`, the background (see `foreground_masks`) is black and the colours come from a
-    PCA of the foreground patches only."""
-    single = isinstance(patches, torch.Tensor)
-    maps = [patches] if single else list(patches)
+    PCA of the foreground patches only. Accepts torch tensors or numpy arrays (as `read_features` returns)."""
+    single = isinstance(patches, torch.Tensor | np.ndarray)
+    maps = [torch.as_tensor(m) for m in ([patches] if single else patches)]
     flat = torch.cat([m.reshape(-1, m.shape[-1]) for m in maps]).double()  # [N, D]
     keep = torch.ones(len(flat), dtype=torch.bool)
     if foreground_threshold is not None:
@@ -93,20 +93,21 @@ def pca_rgb(
 
 # ------------------------------------------------------------------------------------ similarity, attention
 def similarity_map(
-    patches: torch.Tensor,
+    patches: torch.Tensor | np.ndarray,
     query: tuple[float, float],
-    target: torch.Tensor | None = None,
+    target: torch.Tensor | np.ndarray | None = None,
     patch_size: int | None = None,
 ) -> torch.Tensor:
     """Cosine similarity `[h', w']` of the feature at `query` in `patches [h, w, D]` to every patch of `target`
     (default: the same map). `query` is `(row, col)` in patches, or `(y, x)` in input pixels if `patch_size`
     is given (sampled bilinearly)."""
+    patches = torch.as_tensor(patches)
     p = patch_size or 1
     y, x = query
     if patch_size is None:  # patch coordinates → the pixel coordinates of a unit patch grid
         y, x = y + 0.5, x + 0.5
     q = sample_descriptors(patches, torch.tensor([[x, y]], dtype=torch.float32), p)[0]  # [D]
-    target = patches if target is None else target
+    target = patches if target is None else torch.as_tensor(target)
     return F.normalize(target.float(), dim=-1) @ q  # [h', w']
 
 
