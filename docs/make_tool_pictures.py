@@ -21,22 +21,13 @@ from skimage import data
 from dinokit.data.transforms import normalize, resize, to_float
 from dinokit.models import backbone_from_spec
 from dinokit.tools.extract import Preprocess, features_of_image
-from dinokit.tools.matching import describe, match_keypoints
+from dinokit.tools.matching import describe, match_keypoints, project_points, warp_image
 from dinokit.tools.prototypes import Prototypes, apply_prototypes, render_result
 from dinokit.tools.viz import render_attention, render_matches, render_pca, render_similarity, save_png
 
 
 def photo(name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(getattr(data, name)())).permute(2, 0, 1)  # uint8 [3, H, W]
-
-
-def warp(img: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    _, S, T = img.shape
-    ys, xs = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(T) + 0.5, indexing="ij")
-    src = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3) @ torch.linalg.inv(H).T
-    src = src[:, :2] / src[:, 2:]
-    g = torch.stack([2 * src[:, 0] / T - 1, 2 * src[:, 1] / S - 1], -1).reshape(1, S, T, 2)
-    return F.grid_sample(img[None], g, align_corners=False)[0]
 
 
 def main() -> None:
@@ -62,12 +53,11 @@ def main() -> None:
     H = torch.tensor([[1, 0, c + 8], [0, 1, c - 6], [0, 0, 1.0]]) @ torch.tensor(
         [[s * math.cos(angle), -s * math.sin(angle), 0], [s * math.sin(angle), s * math.cos(angle), 0], [2e-4, 0, 1]]
     ) @ torch.tensor([[1, 0, -c], [0, 1, -c], [0, 0, 1.0]])
-    warped = warp(img, H)
+    warped = warp_image(img, H)
     kp_a, da = describe(model, normalize(img))
     kp_b, db = describe(model, normalize(warped))
     pairs, _ = match_keypoints(da, db, ratio=0.9)
-    gt = torch.cat([kp_a, torch.ones(len(kp_a), 1)], 1) @ H.T
-    err = (gt[:, :2] / gt[:, 2:])[pairs[:, 0]] - kp_b[pairs[:, 1]]
+    err = project_points(H, kp_a)[pairs[:, 0]] - kp_b[pairs[:, 1]]
     correct = err.norm(dim=-1) < 16
     as_u8 = lambda t: (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()  # noqa: E731
     save_png(render_matches(as_u8(img), as_u8(warped), kp_a, kp_b, pairs, correct), out / "tools_matches.png")

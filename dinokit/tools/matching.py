@@ -10,6 +10,8 @@ For SLAM / visual odometry front ends that already have keypoints (corners, a de
 - `match_keypoints`: cosine similarity; a pair (i, j) is kept when j is i's nearest neighbour and i is j's
   (mutual), and the nearest is clearly closer than the second nearest (Lowe's ratio test on the Euclidean
   distance of unit vectors, `d = sqrt(2 − 2·cos)`).
+- `warp_image`, `project_points`: a homography applied to an image and to points, to check a matcher on a
+  pair with known correspondences.
 """
 
 from __future__ import annotations
@@ -73,3 +75,19 @@ def match_keypoints(
         keep &= dist[:, 0] < ratio * dist[:, 1]
     pairs = torch.stack([torch.arange(len(desc_a)), idx[:, 0]], -1)[keep]  # [K, 2]
     return pairs, top[keep, 0]
+
+
+def project_points(H: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Pixel coordinates `[N, 2]` (x, y) mapped by a 3×3 homography."""
+    p = torch.cat([points.float(), torch.ones(len(points), 1)], 1) @ H.T  # [N, 3]
+    return p[:, :2] / p[:, 2:]
+
+
+def warp_image(img: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Warp a float image `[3, S, T]` by the homography H (pixel coordinates, x/y): output pixel q shows the
+    input at H⁻¹q (bilinear, zeros outside). For checking matchers on pairs with known correspondences."""
+    _, S, T = img.shape
+    ys, xs = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(T) + 0.5, indexing="ij")
+    src = project_points(torch.linalg.inv(H), torch.stack([xs, ys], -1).reshape(-1, 2))  # [S·T, 2]
+    grid = torch.stack([2 * src[:, 0] / T - 1, 2 * src[:, 1] / S - 1], -1).reshape(1, S, T, 2)
+    return F.grid_sample(img[None].float(), grid, mode="bilinear", align_corners=False)[0]

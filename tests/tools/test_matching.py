@@ -5,22 +5,14 @@ import torch.nn.functional as F
 
 from dinokit.data.transforms import normalize, resize, to_float
 from dinokit.demo_photo import sample_photo
-from dinokit.tools.matching import describe, grid_keypoints, match_keypoints, sample_descriptors
-
-
-def warp(img: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """Warp `[3, S, T]` by the homography H (pixel coordinates, x/y): output pixel q shows input H⁻¹q."""
-    _, S, T = img.shape
-    ys, xs = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(T) + 0.5, indexing="ij")
-    src = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3) @ torch.linalg.inv(H).T
-    src = src[:, :2] / src[:, 2:]
-    g = torch.stack([2 * src[:, 0] / T - 1, 2 * src[:, 1] / S - 1], -1).reshape(1, S, T, 2)
-    return F.grid_sample(img[None], g, mode="bilinear", align_corners=False)[0]
-
-
-def project(H: torch.Tensor, kp: torch.Tensor) -> torch.Tensor:
-    p = torch.cat([kp, torch.ones(len(kp), 1)], 1) @ H.T
-    return p[:, :2] / p[:, 2:]
+from dinokit.tools.matching import (
+    describe,
+    grid_keypoints,
+    match_keypoints,
+    project_points,
+    sample_descriptors,
+    warp_image,
+)
 
 
 def test_sampling_at_centres_and_between():
@@ -56,11 +48,11 @@ def test_matching_recovers_a_known_homography(v3_model):
         [[s * math.cos(angle), -s * math.sin(angle), 0], [s * math.sin(angle), s * math.cos(angle), 0], [1e-4, 0, 1]]
     ) @ torch.tensor([[1, 0, -c], [0, 1, -c], [0, 0, 1.0]])
     kp_a, desc_a = describe(v3_model, normalize(img))
-    kp_b, desc_b = describe(v3_model, normalize(warp(img, H)), layer=1)
+    kp_b, desc_b = describe(v3_model, normalize(warp_image(img, H)), layer=1)
     _, desc_a1 = describe(v3_model, normalize(img), layer=1)
     assert torch.allclose(desc_a1, desc_a, atol=1e-5)  # layer = depth − 1 is the final output
     pairs, _ = match_keypoints(desc_a, desc_b, ratio=0.9)
-    err = (project(H, kp_a)[pairs[:, 0]] - kp_b[pairs[:, 1]]).norm(dim=-1)
+    err = (project_points(H, kp_a)[pairs[:, 0]] - kp_b[pairs[:, 1]]).norm(dim=-1)
     precision = (err < 16).float().mean()
-    shuffled = (project(H, kp_a)[pairs[:, 0]] - kp_b[pairs[torch.randperm(len(pairs)), 1]]).norm(dim=-1)
+    shuffled = (project_points(H, kp_a)[pairs[:, 0]] - kp_b[pairs[torch.randperm(len(pairs)), 1]]).norm(dim=-1)
     assert len(pairs) >= 20 and precision >= 0.4 and (shuffled < 16).float().mean() < 0.1
