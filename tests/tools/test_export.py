@@ -43,8 +43,11 @@ def test_onnx_parity_at_two_resolutions(preset, tmp_path):
         assert max(errs[f"{37 * p}x{37 * p}"].values()) <= 1e-4
 
 
-def test_export_cli(tmp_path, capsys):
-    rc = main(["export", "onnx", "--backbone", "random:dinov3_test", "--output", str(tmp_path / "m.onnx")])
+def test_export_cli_from_a_released_file(tmp_path, capsys):
+    from dinokit.models import create_backbone, save_backbone
+
+    save_backbone(trained_like(create_backbone("dinov2_test_reg4")), tmp_path / "w.pth", format="official")
+    rc = main(["export", "onnx", "--backbone", str(tmp_path / "w.pth"), "--output", str(tmp_path / "m.onnx")])
     out = capsys.readouterr().out
     assert rc == 0 and (tmp_path / "m.onnx").exists() and "max abs diff" in out
     rc = main(["export", "onnx", "--backbone", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "x.onnx")])
