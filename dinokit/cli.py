@@ -101,19 +101,13 @@ def _add_extract(sub) -> None:
     p.add_argument("--overlap", type=int, default=0, help="tile overlap in px (overlapping patches are averaged)")
     p.add_argument("--layers", type=int, nargs="*", default=[], help="also store these blocks' patch tokens (0-based)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
     p.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--format", choices=["safetensors", "npy"], default="safetensors")
     p.add_argument("--shard-size", type=int, default=256, help="images per shard")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     p.set_defaults(func=_extract)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _extract(args) -> int:

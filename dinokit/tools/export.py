@@ -24,6 +24,7 @@ fly), for CPU inference.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -136,7 +137,9 @@ def export_onnx(
         raise UserError(f"ONNX export needs opset 17 or newer (got {opset})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.float().eval()
+    if any(t.dtype != torch.float32 for t in model.parameters()):
+        model = copy.deepcopy(model).float()  # export in fp32 without changing the caller's model
+    model = model.eval()
     p = model.patch_size
     size = example_size or 8 * p
     wrapper = ExportableBackbone(model)
@@ -175,13 +178,13 @@ def _session(path: str | os.PathLike, threads: int | None = None):
 
 @torch.inference_mode()
 def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: list[tuple[int, int]], batch: int = 2) -> dict:
-    """Max absolute difference of each output between onnxruntime and the PyTorch model (fp32), per size."""
+    """Max absolute difference of each output between onnxruntime and the PyTorch model (fp32, eval), per size."""
     session = _session(path)
     g = torch.Generator().manual_seed(0)
     result = {}
     for H, W in sizes:
         x = torch.randn(batch, 3, H, W, generator=g)
-        ref = model.float().eval().forward_features(x)
+        ref = model.forward_features(x)
         outputs = session.run(list(OUTPUT_NAMES), {"images": x.numpy()})
         errs = {}
         for name, got in zip(OUTPUT_NAMES, outputs):

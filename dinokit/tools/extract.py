@@ -231,7 +231,7 @@ def extract_features(
     overlap: int = 0,
     layers: Sequence[int] = (),
     batch_size: int = 8,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     dtype: str = "fp32",
     store_dtype: str = "float32",
     format: str = "safetensors",
@@ -245,7 +245,7 @@ def extract_features(
     `size`: shorter side in pixels (None: native size); both sides are rounded to the patch size. `tile` and
     `overlap` (pixels, rounded to the patch size) cut images into tiles whose patch maps are stitched. `layers`:
     0-based block indices whose (final-normed) patch tokens are stored too. Resumable: images already in
-    `output/index.jsonl` are skipped. Returns the output folder."""
+    `output/index.jsonl` are skipped. `device` defaults to CUDA when available. Returns the output folder."""
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     if dtype not in DTYPES or store_dtype not in STORE_DTYPES or format not in ("safetensors", "npy"):
@@ -292,6 +292,7 @@ def extract_features(
     if not todo:
         print(f"all images already extracted in {out}")
         return out
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     dataset = ImageDataset(ImageList(todo), prep)
     loader = DataLoader(dataset, batch_size=batch_size if tile is None else 1, num_workers=num_workers,
