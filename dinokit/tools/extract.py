@@ -198,16 +198,22 @@ class _ShardWriter:
         self.rows = []
 
 
-def _read_index(out: Path) -> list[dict]:
+def _read_index(out: Path, repair: bool = False) -> list[dict]:
+    """The index entries. A last line cut by an interruption is ignored (its shard is redone), and with
+    `repair` removed from the file so that new lines start on a line of their own."""
     path = out / "index.jsonl"
     if not path.exists():
         return []
+    text = path.read_text()
+    if repair and text and not text.endswith("\n"):
+        with open(path, "r+") as fh:
+            fh.truncate(text.rfind("\n") + 1)
     entries = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             entries.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by an interruption: its shard is rewritten
-            break
+        except json.JSONDecodeError:
+            continue
     return entries
 
 
@@ -284,7 +290,7 @@ def extract_features(
     else:
         _atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
 
-    index = _read_index(out)
+    index = _read_index(out, repair=True)
     done = {e["path"] for e in index}
     todo = [q for q in _gather_paths(inputs) if str(q) not in done]
     shards = [int(e["shard"].split("-")[1]) for e in index]
@@ -303,15 +309,12 @@ def extract_features(
             for x, group in _group_by_shape(batch):
                 if tile is None:
                     feats = _forward(model, x.to(device), layers, compute)
-                    per_image = [{k: v[j].cpu() for k, v in feats.items()} for j in range(len(group))]
+                    per_image = [{k: v[j] for k, v in feats.items()} for j in range(len(group))]
                 else:
-                    per_image = [
-                        {k: v.cpu() for k, v in features_of_image(model, xi.to(device), tile, overlap, layers,
-                                                                  batch_size, compute).items()}
-                        for xi in x
-                    ]  # fmt: skip
+                    per_image = [features_of_image(model, xi.to(device), tile, overlap, layers, batch_size, compute)
+                                 for xi in x]  # fmt: skip
                 for i, f in zip(group, per_image):
-                    writer.add(str(todo[i]), f)
+                    writer.add(str(todo[i]), {k: v.cpu() for k, v in f.items()})
                     if len(writer.rows) >= shard_size:
                         writer.flush()
             bar.update(min(loader.batch_size, len(todo) - bar.n))  # unreadable images count as done too

@@ -96,6 +96,8 @@ def test_extract_writes_reads_and_resumes(v3_model, image_folder, tmp_path, fmt)
     assert meta["preprocessing"]["size"] == 64 and meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
 
     index_before = (out / "index.jsonl").read_text()
+    with open(out / "index.jsonl", "a") as fh:  # an interruption while appending a shard's lines
+        fh.write('{"path": "/half/written.png", "sha')
     (image_folder / "broken.png").unlink()
     write_png(image_folder / "d.png", 80, 3)
     extract_features(v3_model, image_folder, out, size=64, layers=[0], format=fmt, shard_size=2, progress=False)
