@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dinokit.models import backbone_from_spec
-from dinokit.tools.export import _photo_input, export_onnx, int8_cosine, quantize_onnx, time_session
+from dinokit.tools.export import export_onnx, int8_cosine, photo_input, quantize_onnx, time_session
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
             fp32 = Path(tmp) / "model.onnx"
             export_onnx(model, fp32, example_size=side, verify_sizes=[(side, side)])
             int8 = quantize_onnx(fp32, Path(tmp) / "model.int8.onnx")
-            x = _photo_input((side, side), args.batch)
+            x = photo_input((side, side), args.batch)
             t32 = time_session(fp32, x, args.repeats, args.threads)
             t8 = time_session(int8, x, args.repeats, args.threads)
             c = int8_cosine(fp32, int8, (side, side))

@@ -162,7 +162,7 @@ def export_onnx(
     if quantize:
         q_path = path.with_name(f"{path.stem}.int8.onnx")
         quantize_onnx(path, q_path)
-        report["int8"] = {"path": str(q_path), "cosine": int8_cosine(path, q_path, sizes[0], p)}
+        report["int8"] = {"path": str(q_path), "cosine": int8_cosine(path, q_path, sizes[0])}
     return report
 
 
@@ -212,7 +212,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
-def _photo_input(size: tuple[int, int], batch: int = 1) -> np.ndarray:
+def photo_input(size: tuple[int, int], batch: int = 1) -> np.ndarray:
     """A real photograph (or the generated scene), normalised, `[batch, 3, H, W]` float32."""
     from ..data.transforms import normalize, resize, to_float
     from ..demo_photo import sample_photo
@@ -221,9 +221,9 @@ def _photo_input(size: tuple[int, int], batch: int = 1) -> np.ndarray:
     return x[None].expand(batch, -1, -1, -1).contiguous().numpy()
 
 
-def int8_cosine(fp32_path, int8_path, size: tuple[int, int], patch_size: int = 16) -> dict:
+def int8_cosine(fp32_path, int8_path, size: tuple[int, int]) -> dict:
     """Cosine similarity of int8 to fp32 outputs on a photo: CLS, and the mean and minimum over patches."""
-    x = _photo_input(size)
+    x = photo_input(size)
     ref = _session(fp32_path).run(None, {"images": x})
     got = _session(int8_path).run(None, {"images": x})
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .extract import Preprocess
 from .matching import sample_descriptors
 
 
@@ -185,8 +186,6 @@ def save_side_by_side(image: torch.Tensor, feature_rgb: torch.Tensor, path: str 
 # ----------------------------------------------------------------------------------- backbone → pictures
 def prepare_images(model, images: Sequence[torch.Tensor], size: int | None) -> list[tuple[torch.Tensor, np.ndarray]]:
     """uint8 images `[3, H, W]` → (normalised model input, what the model saw as uint8 `[H', W', 3]`)."""
-    from .extract import Preprocess
-
     cfg = model.config
     prep = Preprocess(model.patch_size, size, **{k: tuple(cfg.extra[k]) for k in ("mean", "std") if k in cfg.extra})
     out = []

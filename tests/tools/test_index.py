@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+import dinokit
 from dinokit.cli import main
 from dinokit.errors import UserError
 from dinokit.tools.index import FeatureIndex
@@ -39,6 +40,17 @@ def test_recall_on_a_known_set(kind, tmp_path):
     assert again.paths == index.paths and np.array_equal(again.search(queries, 10)[1], rows)
     hits = again.search_paths(queries[:1], 3)[0]
     assert hits[0][0] == paths[truth[0]] and len(hits) == 3
+
+
+def test_index_over_an_extraction_folder(v3_model, image_folder, tmp_path):
+    from dinokit.tools.extract import extract_features
+
+    feats = extract_features(v3_model, image_folder, tmp_path / "f", size=64, progress=False)
+    index = FeatureIndex.from_features(feats, kind="hnsw", source="patches")
+    assert len(index) == 3 and index.source == "patches"
+    query = dinokit.read_features(feats)[image_folder / "c.png"]["patches"].mean((0, 1))
+    hits = index.search_paths(query[None], k=3)[0]
+    assert hits[0][0].endswith("c.png") and hits[0][1] > 0.999
 
 
 def test_index_errors():
