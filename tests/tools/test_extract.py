@@ -118,3 +118,12 @@ def test_extract_cli_tiles_and_rejects_bad_layers(image_folder, tmp_path, capsys
     rc = main(["extract", str(image_folder), "--backbone", "random:dinov2_test", "--output", str(tmp_path / "x"),
                "--layers", "5"])  # fmt: skip
     assert rc == 2 and "--layers" in capsys.readouterr().err
+
+
+def test_bf16_extraction_agrees_with_fp32(v3_model):
+    x = torch.randn(3, 64, 80)
+    f32 = features_of_image(v3_model, x)
+    b16 = features_of_image(v3_model, x, dtype=torch.bfloat16)
+    assert b16["patches"].dtype == torch.float32  # stored in float32 whatever the compute precision
+    cos = torch.nn.functional.cosine_similarity(b16["patches"], f32["patches"], dim=-1)
+    assert cos.min() > 0.99 and not torch.equal(b16["patches"], f32["patches"])
