@@ -95,6 +95,18 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], rule: str) 
 
 
 # ------------------------------------------------------------------------------------------------- export
+@contextlib.contextmanager
+def _quiet_logger(name: str | None):
+    """Silence a logger below ERROR for the duration (None: the root logger)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 class ExportableBackbone(nn.Module):
     """`images → (cls, registers, patches)` with the position embedding resized inside the graph.
 
@@ -146,8 +158,13 @@ def export_onnx(
     example = torch.randn(2, 3, size, size)
     batch, height, width = torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width")
     large = sum(t.numel() * 4 for t in model.state_dict().values()) > 1.8e9  # protobuf's 2 GB limit
-    with warnings.catch_warnings(), torch.inference_mode(False), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # the exporter's progress lines and notes on optional packages
+    with (
+        warnings.catch_warnings(),
+        torch.inference_mode(False),
+        contextlib.redirect_stdout(io.StringIO()),  # the exporter's progress lines
+        _quiet_logger("torch.onnx._internal.exporter._registration"),  # notes on optional packages
+    ):
+        warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, (example,), input_names=["images"], output_names=list(OUTPUT_NAMES), opset_version=opset,
             dynamo=True, dynamic_shapes={"images": {0: batch, 2: height, 3: width}}, external_data=large,
@@ -202,12 +219,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.tmp")
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.setLevel(logging.ERROR)  # onnxruntime logs a generic suggestion to pre-process the model first
-    try:
+    with _quiet_logger(None):  # onnxruntime logs a generic suggestion to pre-process the model first
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
     os.replace(tmp, dst)
     return dst
 
