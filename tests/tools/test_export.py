@@ -18,7 +18,7 @@ def test_graph_friendly_pos_embed_resize_matches_the_model(rule):
     assert torch.equal(resize_pos_embed(table, (37, 37), rule), table)  # native grid: the table as is
 
 
-@pytest.mark.parametrize("preset", ["dinov2_test", "dinov2_test_reg4", "dinov3_test"])
+@pytest.mark.parametrize("preset", ["dinov2_test", "dinov3_test"])  # dinov2_test_reg4: the CLI test below
 def test_onnx_parity_at_two_resolutions(preset, tmp_path):
     from dinokit.models import create_backbone
 
@@ -43,12 +43,16 @@ def test_onnx_parity_at_two_resolutions(preset, tmp_path):
         assert max(errs[f"{37 * p}x{37 * p}"].values()) <= 1e-4
 
 
-def test_export_cli_from_a_released_file(tmp_path, capsys):
+def test_export_cli_from_a_released_file_with_registers(tmp_path, capsys):
     from dinokit.models import create_backbone, save_backbone
 
-    save_backbone(trained_like(create_backbone("dinov2_test_reg4")), tmp_path / "w.pth", format="official")
-    rc = main(["export", "onnx", "--backbone", str(tmp_path / "w.pth"), "--output", str(tmp_path / "m.onnx")])
+    model = trained_like(create_backbone("dinov2_test_reg4").eval())
+    save_backbone(model, tmp_path / "w.pth", format="official")
+    rc = main(["export", "onnx", "--backbone", str(tmp_path / "w.pth"), "--output", str(tmp_path / "m.onnx"), "--int8"])
     out = capsys.readouterr().out
-    assert rc == 0 and (tmp_path / "m.onnx").exists() and "max abs diff" in out
+    assert rc == 0 and "max abs diff" in out and (tmp_path / "m.int8.onnx").exists()
+    p = model.patch_size
+    errs = verify_onnx(model, tmp_path / "m.onnx", [(8 * p, 8 * p), (6 * p, 11 * p)])  # antialiased resize rule
+    assert max(e for size in errs.values() for e in size.values()) <= 1e-4
     rc = main(["export", "onnx", "--backbone", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "x.onnx")])
     assert rc == 2

@@ -25,7 +25,7 @@ def test_lora_finetune_trains_adapters_and_head_only(tmp_path):
     torch.manual_seed(0)
     model = trained_like(create_backbone("dinov3_test").eval())
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
-    head, config, metrics = finetune_classifier(model, str(tmp_path / "data"), rank=2, size=None, epochs=15,
+    head, config, metrics = finetune_classifier(model, str(tmp_path / "data"), rank=2, size=None, epochs=8,
                                                 lr=1e-2, batch_size=4, progress=False)  # fmt: skip
     assert metrics["accuracy"] == 1.0
     D, depth = model.embed_dim, len(model.blocks)
@@ -42,7 +42,7 @@ def test_head_cli_with_lora(tmp_path, capsys):
     colour_folders(tmp_path / "data")
     out = tmp_path / "h.safetensors"
     assert main(["head", "train", str(tmp_path / "data"), "--backbone", "random:dinov3_test", "--output", str(out),
-                 "--lora", "2", "--features", "cls+avg", "--size", "0", "--epochs", "10", "--lr", "1e-2"]) == 0
+                 "--lora", "2", "--features", "cls+avg", "--size", "0", "--epochs", "6", "--lr", "1e-2"]) == 0
     assert (tmp_path / "h.lora.safetensors").exists() and "trainable_lora" in capsys.readouterr().out
     probe = tmp_path / "data" / "blue" / "0.png"
     assert main(["head", "predict", str(probe), "--head", str(out), "--output", str(tmp_path / "p.json")]) == 0
