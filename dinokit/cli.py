@@ -365,7 +365,7 @@ def _head_predict(args) -> int:
 
     from .data.images import decode_image
     from .models import backbone_from_spec
-    from .tools.heads import load_head, predict_image
+    from .tools.heads import load_head, predict_image, summarise
 
     head, config = load_head(args.head)
     spec = args.backbone or config.meta.get("backbone")
@@ -379,20 +379,13 @@ def _head_predict(args) -> int:
     results = {}
     for path in args.images:
         out = predict_image(model, head, config, decode_image(path), args.tile, args.overlap)
-        if config.task == "segment":
-            if args.output:
-                from .tools.viz import save_png
+        if config.task == "segment" and args.output:
+            from .tools.viz import save_png
 
-                Path(args.output).mkdir(parents=True, exist_ok=True)
-                labels = out["labels"].numpy().astype(np.uint8)
-                save_png(np.repeat(labels[..., None], 3, axis=-1), Path(args.output) / f"{Path(path).stem}.png")
-            counts = np.bincount(out["labels"].flatten().numpy(), minlength=len(config.classes))
-            results[path] = {c: round(float(n) / counts.sum(), 4) for c, n in zip(config.classes, counts)}
-        elif config.task == "multi":
-            results[path] = {c: round(float(p), 4) for c, p, on in zip(config.classes, out["probs"], out["labels"])
-                             if on}  # fmt: skip
-        else:
-            results[path] = {config.classes[int(out["labels"])]: round(float(out["probs"].max()), 4)}
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+            labels = out["labels"].numpy().astype(np.uint8)  # class index per pixel
+            save_png(np.repeat(labels[..., None], 3, axis=-1), Path(args.output) / f"{Path(path).stem}.png")
+        results[path] = summarise(out, config)
         print(f"{path}: {results[path]}")
     if args.output and config.task != "segment":
         Path(args.output).write_text(json.dumps(results, indent=1))

@@ -293,3 +293,14 @@ def predict_image(
     else:
         out = predict(head, config, image_vector(f, config.features)[None])
     return {k: v[0] for k, v in out.items()}
+
+
+def summarise(out: dict[str, torch.Tensor], config: HeadConfig) -> dict[str, float]:
+    """One image's prediction as `{class: value}`: the winning class and its probability (single), every label
+    above its threshold with its probability (multi), or each class's share of the pixels (segment)."""
+    if config.task == "segment":
+        shares = torch.bincount(out["labels"].flatten(), minlength=len(config.classes)) / out["labels"].numel()
+        return {c: round(float(v), 4) for c, v in zip(config.classes, shares)}
+    if config.task == "multi":
+        return {c: round(float(p), 4) for c, p, on in zip(config.classes, out["probs"], out["labels"]) if on}
+    return {config.classes[int(out["labels"])]: round(float(out["probs"].max()), 4)}
