@@ -128,9 +128,8 @@ class ExportableBackbone(nn.Module):
         if m.register_tokens is not None:
             registers = m.register_tokens.expand(patches.shape[0], -1, -1)  # [B, R, D]
             tokens = torch.cat([tokens[:, :1], registers, tokens[:, 1:]], dim=1)
-        tokens, _ = m._run_blocks(tokens, grid)
-        prefix, patches = m._final_norm(tokens)
-        return prefix[:, 0], prefix[:, 1:], patches
+        out = m.forward_tokens(tokens, grid)
+        return out.cls, out.registers, out.patches
 
 
 def export_onnx(
