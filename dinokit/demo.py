@@ -40,10 +40,10 @@ from .eval.depth import run_depth
 from .eval.features import extract_global_features
 from .eval.knn import knn_features
 from .eval.linear import linear_probe
-from .eval.report import Report, colormap, image_grid, line_plot
+from .eval.report import Report, image_grid, line_plot
 from .eval.segmentation import run_segmentation
 from .models import VisionTransformer, create_backbone, load_backbone
-from .tools.viz import pca_rgb
+from .tools.viz import colormap, pca_rgb, similarity_map, to_uint8
 
 
 @dataclass(frozen=True)
@@ -202,10 +202,9 @@ def make_figures(models: dict, data: Path, out: Path, config: DemoConfig) -> dic
         pca_rows.append([rgb] + [(pca[n][k].numpy() * 255).round().astype(np.uint8) for n in models])
         sims = []
         for n in models:
-            f = F.normalize(feats[n][k].float(), dim=-1)  # [h, w, D]
-            sim = (f @ f[qi, qj]).numpy()  # cosine similarity to the query patch, in [-1, 1]
-            smooth = F.interpolate(torch.from_numpy(sim)[None, None], size=(cell, cell), mode="bilinear")[0, 0]
-            sims.append(colormap((smooth.numpy() + 1) / 2))
+            sim = similarity_map(feats[n][k], (qi, qj))  # [h, w] cosine similarity to the query patch
+            smooth = F.interpolate(sim[None, None], size=(cell, cell), mode="bilinear", align_corners=False)[0, 0]
+            sims.append(to_uint8(colormap(smooth, -1.0, 1.0)))
         sim_rows.append([marked] + sims)
     titles = ["image"] + [f"{n} backbone" for n in models]
     return {

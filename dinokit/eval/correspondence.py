@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data.images import decode_image
 from ..data.transforms import normalize, resize, round_to_patch, to_float
 from ..errors import UserError
+from ..tools.matching import sample_descriptors
 from .dense import model_norm, patch_features
 from .features import default_device
 from .metrics import recall_at
@@ -57,15 +58,6 @@ def prepare(model, path: Path, size: int) -> tuple[torch.Tensor, tuple[float, fl
     return normalize(resize(image, (h, w), mode="bilinear"), mean, std), (w / W, h / H)
 
 
-def sample_features(fmap: torch.Tensor, points: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear samples `[N, D]` of a patch map `[D, h, w]` at pixel points `[N, 2]` (x, y) of an image of
-    `image_size` (H, W) that the map covers exactly."""
-    H, W = image_size
-    grid = torch.stack([2 * points[:, 0] / W - 1, 2 * points[:, 1] / H - 1], dim=-1).float()  # [N, 2]
-    out = F.grid_sample(fmap[None], grid[None, None], mode="bilinear", align_corners=False)  # [1, D, 1, N]
-    return out[0, :, 0].T
-
-
 @torch.inference_mode()
 def match_pair(model, pair: dict, size: int, device) -> torch.Tensor:
     """Pixel errors `[N]` (in image B) of nearest-neighbour matches of A's keypoints."""
@@ -73,8 +65,8 @@ def match_pair(model, pair: dict, size: int, device) -> torch.Tensor:
     xb, sb = prepare(model, pair["b"], size)
     fa = patch_features(model, xa[None].to(device))[0].float()  # [D, ha, wa]
     fb = patch_features(model, xb[None].to(device))[0].float()  # [D, hb, wb]
-    sa_t = torch.tensor(sa, dtype=torch.float64)
-    query = F.normalize(sample_features(fa, (pair["kp_a"] * sa_t).to(device), xa.shape[-2:]), dim=1)  # [N, D]
+    points = pair["kp_a"] * torch.tensor(sa, dtype=torch.float64)  # resized-A pixels
+    query = sample_descriptors(fa.permute(1, 2, 0), points, model.patch_size)  # [N, D], L2-normalised
     Hb, Wb = xb.shape[-2:]
     dense = F.interpolate(fb[None], size=(Hb, Wb), mode="bilinear", align_corners=False)[0]  # [D, Hb, Wb]
     dense = F.normalize(dense.flatten(1), dim=0)  # [D, Hb·Wb]

@@ -2,8 +2,7 @@
 (no plotting library is a dependency).
 
 - `line_plot`: curves over training steps (e.g. the loss terms), linear axes with labelled ticks;
-- `colormap`: scalar maps in [0, 1] → RGB with a perceptually ordered palette (dark blue → green → yellow);
-- `image_grid`: rows of equally sized pictures with column titles;
+- `image_grid`: rows of equally sized pictures with column titles (laid out by `tools.viz.grid_canvas`);
 - `Report`: headings, paragraphs, tables and figures, written as `report.md` and `report.html` (atomically).
 """
 
@@ -18,17 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# anchors of a viridis-like palette: dark blue → teal → green → yellow
-_PALETTE = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+from ..tools.viz import grid_canvas
+
 _CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """`[h, w]` values in [0, 1] → `[h, w, 3]` uint8."""
-    x = np.clip(values, 0, 1) * (len(_PALETTE) - 1)
-    lo = np.floor(x).astype(int).clip(0, len(_PALETTE) - 2)
-    t = (x - lo)[..., None]
-    return (_PALETTE[lo] * (1 - t) + _PALETTE[lo + 1] * t).round().astype(np.uint8)
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
@@ -102,17 +93,15 @@ def image_grid(
 ) -> Path:
     """Pictures (`[h, w, 3]` uint8, resized to `cell × cell` by nearest neighbour) in a grid, titles on top."""
     path = Path(path)
-    gap, head = 6, 20 if titles else 0
-    n_cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (n_cols * (cell + gap) + gap, len(rows) * (cell + gap) + gap + head), "white")
-    draw = ImageDraw.Draw(canvas)
-    for j, t in enumerate(titles):
-        draw.text((gap + j * (cell + gap), 4), t, fill=(0, 0, 0), font=ImageFont.load_default())
-    for i, row in enumerate(rows):
-        for j, picture in enumerate(row):
-            tile = Image.fromarray(picture).resize((cell, cell), Image.NEAREST)
-            canvas.paste(tile, (gap + j * (cell + gap), head + gap + i * (cell + gap)))
-    _save_png(canvas, path)
+    tiles = [[np.asarray(Image.fromarray(p).resize((cell, cell), Image.NEAREST)) for p in row] for row in rows]
+    canvas = grid_canvas(tiles)
+    if titles:
+        strip = Image.new("RGB", (canvas.shape[1], 20), "white")
+        draw = ImageDraw.Draw(strip)
+        for j, t in enumerate(titles):
+            draw.text((j * (cell + 8), 4), t, fill=(0, 0, 0), font=ImageFont.load_default())
+        canvas = np.concatenate([np.asarray(strip), canvas])
+    _save_png(Image.fromarray(canvas), path)
     return path
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dinokit.errors import UserError
-from dinokit.eval.correspondence import run_correspondence, sample_features
+from dinokit.eval.correspondence import run_correspondence
 from dinokit.eval.dense import find_pairs, sliding_window
 from dinokit.eval.depth import run_depth, silog_loss
 from dinokit.eval.retrieval import run_retrieval
@@ -139,12 +139,6 @@ def test_retrieval_runs_on_the_synthetic_layout(synth, random_model):
 
 
 # ------------------------------------------------------------------------------------- correspondence
-def test_sample_features_reads_patch_centres_exactly():
-    fmap = torch.arange(12.0).view(1, 3, 4)  # D = 1, h = 3, w = 4, over a 48 × 64 image (patch 16)
-    points = torch.tensor([[8.0, 8.0], [56.0, 40.0], [16.0, 8.0]])  # centres of (0, 0), (2, 3); between (0,0)-(0,1)
-    assert sample_features(fmap, points, (48, 64))[:, 0].tolist() == pytest.approx([0.0, 11.0, 0.5], abs=1e-5)
-
-
 def test_correspondence_of_an_image_with_itself_is_exact(tmp_path, random_model):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(tmp_path / "a.png")
