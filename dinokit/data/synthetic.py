@@ -10,9 +10,11 @@ metre, the material's characteristic scale), so a far card shows a finer pattern
 ground's soft pattern gets finer towards the horizon: texture scale is a depth cue, as in real scenes.
 
 Why a random network cannot solve it. Every colour is drawn independently of the class (two random colours per
-card, swapped at random, pattern coverage 30–50 % for every material, per-image tint and noise), so colour
-statistics — which a randomly initialised ViT's features mostly encode (its patch embedding is a random linear
-map of the pixels and its residual branches start near zero) — say nothing about the material. Telling materials
+card that drift across it, swapped at random, pattern coverage 30–50 % for every material, per-image tint and
+noise), so colour statistics — which a randomly initialised ViT's features mostly encode (its patch embedding
+is a random linear map of the pixels) — say nothing about the material. Because colours drift across every
+surface while patterns do not, two crops of one object share its pattern but not its colours: the invariance
+that self-supervised training rewards is the one the benchmark asks for. Telling materials
 apart needs features of spatial structure (orientation, periodicity, lattice type) that are invariant to the
 colours and to the pattern's phase, scale and small rotations; a linear read-out of random pixel projections
 does not have them. Depth needs the texture scale and the card's placement; correspondences are taken across
@@ -111,6 +113,17 @@ def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             return (c1, c2) if rng.random() < 0.5 else (c2, c1)
 
 
+def _drifting_pair(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours per pixel `[..., 3]` that drift across a surface (about one cycle over `x, y ∈ [−1, 1]`):
+    lighting and wear change an object's colours from place to place, not its pattern, so two crops of one
+    object share the pattern but not the colours."""
+    (a1, a2), (b1, b2) = _colour_pair(rng), _colour_pair(rng)
+    if np.dot(a2 - a1, b2 - b1) < 0:  # keep the two ends' contrasts aligned: the pattern never fades out
+        b1, b2 = b2, b1
+    s = _soft_field(x, y, 0.5, rng)[..., None]
+    return a1 * (1 - s) + b1 * s, a2 * (1 - s) + b2 * s
+
+
 def _soft_field(x: np.ndarray, y: np.ndarray, freq: float, rng: np.random.Generator) -> np.ndarray:
     """A smooth random field in [0, 1]: three sinusoids of random direction at `freq` cycles per unit."""
     total = 0.0
@@ -166,8 +179,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int, focal: float
     world_y = np.where(labels == GROUND, depth, (horizon - yy) * depth / focal + CAMERA_HEIGHT)
     image = np.empty((height, width, 3), np.float32)
     for cls, freq in ((GROUND, rng.uniform(0.25, 0.5)), (WALL, rng.uniform(0.1, 0.25))):
-        a = rng.uniform(0.1, 0.9, 3)
-        b = np.clip(a + rng.uniform(-0.3, 0.3, 3), 0, 1)  # low contrast: "stuff", not a material
+        a, b = rng.uniform(0.1, 0.9, (2, 3))  # smooth colour drift, no pattern: "stuff", not a material
         t = _soft_field(world_x, world_y, freq, rng)
         sel = labels == cls
         image[sel] = (a * (1 - t[sel, None]) + b * t[sel, None]).astype(np.float32)
@@ -186,7 +198,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int, focal: float
         inside = _shape_mask(card.shape, dx, dy, rng)
         if not inside.any():
             continue
-        c1, c2 = _colour_pair(rng)
+        c1, c2 = _drifting_pair(rng, dx, dy)
         if card.material >= 0:
             freq = MATERIAL_FREQUENCY * rng.uniform(0.88, 1.12)
             angle = rng.uniform(-0.25, 0.25)  # ±15° orientation jitter
@@ -200,7 +212,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int, focal: float
         else:
             t = _soft_field(dx, dy, 0.3, rng)
         shade = 1 + 0.2 * (dx * rng.uniform(-1, 1) + dy * rng.uniform(-1, 1))  # light from one side
-        colour = (c1 * (1 - t[..., None]) + c2 * t[..., None]) * shade[..., None]
+        colour = (c1 * (1 - t[..., None]) + c2 * t[..., None]) * shade[..., None]  # [h, w, 3]
         image[box][inside] = colour[inside]
         depth[box][inside] = card.depth
         labels[box][inside] = card.material if card.material >= 0 else WALL
