@@ -92,13 +92,13 @@ def test_koleo_on_known_points():
 
 # --------------------------------------------------------------------------------------------- properties
 def test_sinkhorn_marginals():
-    logits = torch.randn(24, 16)
+    logits = torch.randn(24, 16, generator=torch.Generator().manual_seed(0))
     probs = sinkhorn_knopp(logits, temp=0.1, n_iterations=200)
     torch.testing.assert_close(probs.sum(1), torch.ones(24))
     torch.testing.assert_close(probs.sum(0), torch.full((16,), 24 / 16), rtol=1e-4, atol=1e-4)
     three = sinkhorn_knopp(logits, temp=0.1)  # the recipe's 3 iterations: rows exact, columns closer to uniform
     torch.testing.assert_close(three.sum(1), torch.ones(24))
-    assert (three.sum(0) - 1.5).abs().max() < (F.softmax(logits / 0.1, -1).sum(0) - 1.5).abs().max()
+    assert (three.sum(0) - 1.5).abs().sum() < 0.5 * (F.softmax(logits / 0.1, -1).sum(0) - 1.5).abs().sum()
 
 
 def test_sinkhorn_is_shift_invariant_where_the_released_code_overflows():
