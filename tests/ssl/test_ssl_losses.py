@@ -96,9 +96,9 @@ def test_sinkhorn_marginals():
     probs = sinkhorn_knopp(logits, temp=0.1, n_iterations=200)
     torch.testing.assert_close(probs.sum(1), torch.ones(24))
     torch.testing.assert_close(probs.sum(0), torch.full((16,), 24 / 16), rtol=1e-4, atol=1e-4)
-    three = sinkhorn_knopp(logits, temp=0.1)  # the recipe's 3 iterations: rows exact, columns closer to uniform
+    three = sinkhorn_knopp(logits, temp=1.0)  # the recipe's 3 iterations: rows exact, columns near uniform
     torch.testing.assert_close(three.sum(1), torch.ones(24))
-    assert (three.sum(0) - 1.5).abs().sum() < 0.5 * (F.softmax(logits / 0.1, -1).sum(0) - 1.5).abs().sum()
+    assert (three.sum(0) - 1.5).abs().max() < 0.05 < (F.softmax(logits, -1).sum(0) - 1.5).abs().max()
 
 
 def test_sinkhorn_is_shift_invariant_where_the_released_code_overflows():
