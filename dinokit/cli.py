@@ -90,8 +90,36 @@ def _demo(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="self-supervised pretraining (DINOv2 recipe): dinokit train CONFIG.yaml [key=value ...] [--resume]",
+        description="Train a backbone with DINO + iBOT + KoLeo and an EMA teacher. Settings come from the YAML "
+        "file, overridden by key=value pairs (e.g. data.path=photos/ train.steps=1000). A run folder with "
+        "checkpoints resumes automatically; use torchrun for several devices.",
+    )
+    p.add_argument("config", help="a YAML preset, e.g. configs/pretrain/tiny_cpu.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (values parsed as YAML)")
+    p.add_argument("--resume", action="store_true", help="require resuming from a checkpoint in output_dir")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    import logging
+
+    from .config import PretrainConfig, load_config
+    from .train.loop import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    run = train(cfg, resume=args.resume)
+    print(f"run folder: {run} (teacher backbone: {run / 'teacher_backbone'})")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
-VERBS = [_add_info, _add_convert, _add_demo]
+VERBS = [_add_info, _add_convert, _add_demo, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
