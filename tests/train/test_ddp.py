@@ -96,9 +96,9 @@ def test_two_gloo_processes_equal_one_process(image_folder, tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for target in ("sinkhorn_knopp", "centering"):
 
-        def global_batch(parts, step, target=target):
-            streams = [SSLStream(**{**parts.stream_args, "rank": r, "world_size": 2, "batch_size": 3}) for r in range(2)]
-            return merge([s.batch(step) for s in streams])
+        def global_batch(parts, step):
+            args = {**parts.stream_args, "world_size": 2, "batch_size": 3}
+            return merge([SSLStream(**{**args, "rank": r}).batch(step) for r in range(2)])
 
         single = run_steps(config(str(image_folder), target, batch_size=6), DistInfo(), global_batch)
         assert single["moved"] > 1e-4  # the steps changed the weights: the comparison below means something
