@@ -39,20 +39,20 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iterations: int 
     """Balanced soft assignments of N samples to K prototypes: logits `[N, K]` → probabilities `[N, K]`.
 
     Each row of the result sums to 1; over all ranks each prototype receives about the same total mass."""
-    logits = teacher_logits.float() / temp  # [N, K]
+    logits = teacher_logits.float()  # [N, K]
     N, K = logits.shape
     peak = logits.max() if logits.numel() else logits.new_tensor(-torch.inf)
-    peak = _all_reduce(peak.clone(), dist.ReduceOp.MAX if _distributed() else None)
-    Q = torch.exp(logits - peak.clamp_min(-1e30))  # [N, K]; a finite shift that cancels below
+    peak = _all_reduce(peak.clone(), dist.ReduceOp.MAX if _distributed() else None).clamp_min(-1e30)
+    Q = logits.sub(peak).div_(temp).exp_()  # [N, K] = exp(t / τ) up to a factor that cancels below
     total_rows = _all_reduce(torch.tensor(float(N), device=Q.device))
     Q /= _all_reduce(Q.sum())
     tiny = torch.finfo(Q.dtype).tiny
-    for _ in range(n_iterations):
-        Q /= _all_reduce(Q.sum(dim=0, keepdim=True)).clamp_min_(tiny)  # [1, K] mass per prototype → 1
-        Q /= K
-        Q /= Q.sum(dim=1, keepdim=True).clamp_min_(tiny)  # [N, 1] mass per sample → 1
-        Q /= total_rows
-    return Q * total_rows
+    for it in range(n_iterations):
+        prototype_mass = _all_reduce(Q.sum(dim=0, keepdim=True)).clamp_min_(tiny)  # [1, K] → each gets 1/K
+        Q /= prototype_mass * K
+        sample_mass = Q.sum(dim=1, keepdim=True).clamp_min_(tiny)  # [N, 1] → each gets 1/B, then ×B at the end
+        Q /= sample_mass if it == n_iterations - 1 else sample_mass * total_rows
+    return Q
 
 
 class SoftmaxCentering(nn.Module):

@@ -127,3 +127,16 @@ def test_losses_are_differentiable_only_through_the_student():
     f = torch.randn(5, 6, requires_grad=True)
     koleo_loss(f).backward()
     assert f.grad.abs().sum() > 0
+
+
+def test_ibot_fused_cross_entropy_has_the_plain_formula_gradient():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(6, 40, dtype=torch.float64, generator=g, requires_grad=True)
+    t = F.softmax(torch.randn(6, 40, dtype=torch.float64, generator=g) / 0.3, -1)
+    w = torch.rand(6, dtype=torch.float64, generator=g)
+    fused = ibot_loss(s, t, w, n_global_crops=4)
+    (grad_fused,) = torch.autograd.grad(fused, s)
+    plain = -((t * F.log_softmax(s / 0.1, -1)).sum(-1) * w).sum() / 4
+    (grad_plain,) = torch.autograd.grad(plain, s)
+    torch.testing.assert_close(fused, plain)
+    torch.testing.assert_close(grad_fused, grad_plain)

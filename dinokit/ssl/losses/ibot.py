@@ -14,7 +14,6 @@ global crops in the batch, masked or not (as released).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,9 +25,37 @@ def ibot_loss(
     student_temp: float = 0.1,
 ) -> torch.Tensor:
     """`−Σ_m w_m Σ_k t·log_softmax(s/τ) / n_global_crops` for `[M, K]` logits and probabilities, weights `[M]`."""
-    log_p = F.log_softmax(student_logits.float() / student_temp, dim=-1)  # [M, K]
-    per_patch = (teacher_probs.float() * log_p).sum(dim=-1)  # [M]
-    return -(per_patch * masks_weight.float()).sum() / n_global_crops
+    per_patch = SoftCrossEntropy.apply(student_logits, teacher_probs, student_temp)  # [M]
+    return (per_patch * masks_weight.float()).sum() / n_global_crops
+
+
+class SoftCrossEntropy(torch.autograd.Function):
+    """Row-wise `−Σ_k t_k · log_softmax(s / τ)_k` for `[M, K]` inputs, without materialising the log-softmax.
+
+    With `z = s / τ` and `lse = logsumexp(z)`: loss = `lse · Σt − Σ t·z`, and the gradient is
+    `(softmax(z) · Σt − t) / τ`, computed in one buffer in the backward pass. At K = 65536 and a few hundred
+    masked patches this saves a copy of the logits in memory and several passes over them (the iBOT logits are
+    the largest tensors of a step after the weights)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, probs: torch.Tensor, temp: float) -> torch.Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)  # at least float32 (bf16 logits under autocast)
+        z = logits.to(dtype) / temp  # [M, K]
+        probs = probs.to(dtype)
+        lse = torch.logsumexp(z, dim=-1)  # [M]
+        mass = probs.sum(dim=-1)  # [M] (1 for targets; kept exact for any input)
+        dot = torch.bmm(probs.unsqueeze(1), z.unsqueeze(2)).view(-1)  # [M] Σ_k t·z without a product tensor
+        ctx.save_for_backward(logits, probs, lse, mass)
+        ctx.temp = temp
+        return lse * mass - dot
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, probs, lse, mass = ctx.saved_tensors
+        g = (grad / ctx.temp).unsqueeze(-1)  # [M, 1]
+        out = logits.to(lse.dtype).div(ctx.temp).sub_(lse.unsqueeze(-1)).exp_()  # softmax(z)  [M, K]
+        out.mul_(mass.unsqueeze(-1)).sub_(probs).mul_(g)
+        return out.to(logits.dtype), None, None
 
 
 class IbotTerm(nn.Module):
