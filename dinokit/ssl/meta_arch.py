@@ -42,7 +42,8 @@ class SSLMetaArch(nn.Module):
         loss = torch.zeros((), device=batch.global_crops.device)
         metrics: dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
-            value, term_metrics = term(student_out, teacher_out, batch, values)
+            with torch.autocast(batch.global_crops.device.type, enabled=False):  # losses in float32, as released
+                value, term_metrics = term(student_out, teacher_out, batch, values)
             loss = loss + values[f"weight/{name}"] * value
             metrics[name] = value.detach()
             metrics.update(term_metrics)
