@@ -7,6 +7,7 @@ their traceback. Each verb is one `_add_<verb>` function registering its parser 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -109,12 +110,17 @@ def _train(args) -> int:
     import logging
 
     from .config import PretrainConfig, load_config
+    from .train import distributed
     from .train.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(PretrainConfig, args.config, args.overrides)
-    run = train(cfg, resume=args.resume)
-    print(f"run folder: {run} (teacher backbone: {run / 'teacher_backbone'})")
+    try:
+        run = train(cfg, resume=args.resume)
+    finally:
+        distributed.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {run} (teacher backbone: {run / 'teacher_backbone'})")
     return 0
 
 

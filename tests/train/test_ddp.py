@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -111,3 +112,34 @@ def test_two_gloo_processes_equal_one_process(image_folder, tmp_path):
             for name, value in single[key].items():
                 torch.testing.assert_close(ranks[0][target][key][name], value, rtol=1e-5, atol=1e-5, msg=name)
                 assert torch.equal(ranks[0][target][key][name], ranks[1][target][key][name])
+
+
+def _train_worker(rank: int, port: int, overrides: list[str]) -> None:
+    from dinokit.train import distributed as D
+    from dinokit.train.loop import train
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))  # what torchrun sets  # fmt: skip
+    torch.set_num_threads(1)
+    train(load_config(PretrainConfig, TINY_CPU, overrides))
+    D.shutdown()
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_on_one_process(image_folder, tmp_path):
+    from dinokit.train.checkpoint import checkpoint_files
+    from dinokit.train.logging import read_metrics
+    from dinokit.train.loop import train
+
+    overrides = [*OVERRIDES[:-1], f"data.path={image_folder}", f"output_dir={tmp_path}", "train.batch_size=2",
+                 "train.log_every=1", "losses={dino: {}, ibot: {}, koleo: {}}", "data.num_workers=1"]  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_train_worker, args=(port, [*overrides, "train.steps=2"]), nprocs=2, join=True)
+    state = torch.load(checkpoint_files(tmp_path / "checkpoints")[-1], weights_only=True)
+    assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
+    train(load_config(PretrainConfig, TINY_CPU, [*overrides, "train.steps=3"]))  # one process continues
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert torch.load(checkpoint_files(tmp_path / "checkpoints")[-1], weights_only=True)["world_size"] == 1
+    assert (tmp_path / "teacher_backbone" / "model.safetensors").is_file()

@@ -117,3 +117,15 @@ def test_dino_term_is_the_mean_over_all_crop_pairs(tiny_cfg):
         pairs = [dino_loss(student[i : i + 1], probs[j : j + 1]) for i in range(S) for j in range(G) if i != j]
     torch.testing.assert_close(value, torch.stack(pairs).mean(), rtol=1e-5, atol=1e-6)
     assert math.isfinite(metrics["target_entropy"])
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny_cfg):
+    grads = []
+    for flag in ("false", "true"):
+        parts, batch = parts_and_batch(tiny_cfg(f"train.activation_checkpointing={flag}"))  # drop path 0.1 on
+        torch.manual_seed(3)
+        loss, _ = parts.meta(batch, step=5)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in parts.meta.student.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)

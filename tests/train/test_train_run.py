@@ -63,7 +63,7 @@ def _assert_same_run(a, b):
 
 
 def test_resume_after_a_crash_is_bit_exact(tiny_cfg, tmp_path):
-    overrides = ["train.steps=6", "checkpoint.every=2", "eval.every=3", "data.num_workers=2"]
+    overrides = ["train.steps=6", "checkpoint.every=2", "eval.every=3", "data.num_workers=2", "train.grad_accumulation=2"]
     reference = tiny_cfg(*overrides, f"output_dir={tmp_path / 'a'}")
     train(reference, eval_fn=lambda backbone, step: {})
 
@@ -79,6 +79,8 @@ def test_resume_after_a_crash_is_bit_exact(tiny_cfg, tmp_path):
     assert [p.name for p in checkpoint_files(tmp_path / "b" / "checkpoints")] == ["step_00000002.pt"]
     train(crashed, resume=True, eval_fn=lambda backbone, step: {})
     _assert_same_run(_final_state(tmp_path / "a"), _final_state(tmp_path / "b"))
+    kept = [p.name for p in checkpoint_files(tmp_path / "b" / "checkpoints")]
+    assert kept == ["step_00000004.pt", "step_00000006.pt"]  # keep-last-2 (tiny_cpu.yaml)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tiny_cfg, tmp_path):
