@@ -65,13 +65,12 @@ def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, stacked.tolist()))
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when `flag` is true on at least one rank."""
-    if not is_enabled():
-        return flag
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def any_rank(flag: torch.Tensor) -> bool:
+    """True when the boolean tensor `flag` is true on at least one rank (one collective, one sync)."""
+    flag = flag.float().reshape(1)
+    if is_enabled():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def gather_objects(obj) -> list:

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import PretrainConfig, save_config, to_dict
 from ..data.stream import SSLStream
+from ..errors import UserError
 from ..models import save_backbone
 from . import distributed as D
 from .build import build, data_iterator
@@ -69,7 +70,7 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
             micro = [next(batches) for _ in range(cfg.train.grad_accumulation)]
             skipped_files.update(name for b in micro for name in b.skipped)
             result = train_step(meta, parts.optimizer, micro, step, cfg.optim.clip_grad, autocast, info.device)
-            monitor.step_is_bad(result.bad, step, result.floats())
+            monitor.step_is_bad(result.bad, step, result.floats)
             done = step + 1
             runlog.step_done()
             evaluated = {}
@@ -79,7 +80,7 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
                 logged = runlog.write(done, {**result.reduced(), **evaluated, "skipped_steps": monitor.skipped_steps})
                 for warning in monitor.collapse_warnings(done, logged):
                     runlog.message(warning)
-            stopping = D.any_rank(stop.requested, info.device)
+            stopping = D.any_rank(torch.tensor(stop.requested, device=info.device))
             if done == cfg.train.steps or stopping or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
                 _save(cfg, run, parts, monitor, info, done)
             if stopping:
@@ -120,16 +121,19 @@ def train_step(meta, optimizer, micro_batches: list, step: int, clip_grad, autoc
     apply_schedules(optimizer, values)
     optimizer.zero_grad(set_to_none=True)
     ddp = meta.student_forward if isinstance(meta.student_forward, DistributedDataParallel) else None
-    finite = True
+    n = len(micro_batches)
+    losses, metrics = [], {}
     for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        with autocast, (ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()):
-            loss, metrics = meta(batch.to(device, non_blocking=True), step)
-            (loss / len(micro_batches)).backward()
-        finite = finite and bool(torch.isfinite(loss))
+        with ddp.no_sync() if ddp is not None and i < n - 1 else contextlib.nullcontext():
+            with autocast:
+                loss, batch_metrics = meta(batch.to(device, non_blocking=True), step)
+            (loss / n).backward()
+        losses.append(loss.detach())
+        for k, v in batch_metrics.items():  # the step's metrics: the mean over its micro-batches
+            metrics[k] = metrics.get(k, 0.0) + v.float() / n
     norms = clip_gradients(optimizer, clip_grad)
-    finite = finite and all(bool(torch.isfinite(n)) for n in norms.values())
-    bad = D.any_rank(not finite, device)
+    checked = torch.stack([*losses, *(x.float().reshape(()) for x in norms.values())])
+    bad = D.any_rank(~torch.isfinite(checked).all())  # one synchronisation per step
     if not bad:
         optimizer.step()
         for teacher in meta.teachers:
@@ -167,8 +171,6 @@ def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, re
     found = load_latest(run / "checkpoints")
     if found is None:
         if resume:
-            from ..errors import UserError
-
             raise UserError(f"--resume: no checkpoint in {run / 'checkpoints'}")
         torch.manual_seed(cfg.seed + info.rank)  # training randomness (drop-path, RoPE jitter) differs per rank
         return 0, 0

@@ -14,6 +14,7 @@ collapse is reported when the teacher targets or the CLS features lose their div
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from ..errors import UserError
 
@@ -40,15 +41,16 @@ class HealthMonitor:
     def load_state_dict(self, state: dict) -> None:
         self.bad_in_a_row, self.skipped_steps = state["bad_in_a_row"], state["skipped_steps"]
 
-    def step_is_bad(self, bad: bool, step: int, values: dict[str, float]) -> bool:
-        """Record whether step `step` was non-finite (`bad`, decided over all ranks); raise after too many."""
+    def step_is_bad(self, bad: bool, step: int, values: Callable[[], dict[str, float]]) -> bool:
+        """Record whether step `step` was non-finite (`bad`, decided over all ranks); raise after too many.
+        `values()` gives the step's losses and settings for the diagnostic."""
         if not bad:
             self.bad_in_a_row = 0
             return False
         self.bad_in_a_row += 1
         self.skipped_steps += 1
         if self.bad_in_a_row >= self.max_bad_steps:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values().items()))
             raise TrainingDiverged(
                 f"{self.bad_in_a_row} consecutive steps with a non-finite loss or gradient (last: step {step}; "
                 f"{shown}). Each was skipped; the run stops here, its last checkpoint is intact. Usual causes: a "
