@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
 from .layers.mlp import FFN_LAYERS, swiglu_hidden_dim
 
 GENERATIONS = ("dinov2", "dinov3")
@@ -70,7 +71,7 @@ class ViTConfig:
         if not 0.0 <= self.drop_path_rate < 1.0:
             problems.append(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if problems:
-            raise ValueError("invalid ViTConfig: " + "; ".join(problems))
+            raise ConfigError("invalid backbone config: " + "; ".join(problems))
 
     @property
     def head_dim(self) -> int:
@@ -86,7 +87,7 @@ class ViTConfig:
     def replace(self, **overrides: Any) -> ViTConfig:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(f"unknown backbone option(s) {unknown}; valid options: {sorted(self.to_dict())}")
+            raise ConfigError(f"unknown backbone option(s) {unknown}; valid options: {sorted(self.to_dict())}")
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:

@@ -34,6 +34,11 @@ _V5_TO_HUB_V2 = [  # transformers v5 in-memory names → Hub names (DINOv2 famil
 _PREFIXES = ("dinov2_with_registers.", "dinov2.", "dinov3_vit.", "backbone.")
 
 
+def released_head_dim(width: int) -> int:
+    """Head dim of the released models of this width (what shapes alone cannot tell): 64, but 128 for 7B."""
+    return 128 if width == 4096 else 64
+
+
 def is_hf_state_dict(sd: dict[str, Tensor]) -> bool:
     return any(k.startswith(("embeddings.", *(p + "embeddings." for p in _PREFIXES))) for k in sd)
 
@@ -190,7 +195,8 @@ def _hf_v3_to_dinokit(sd, hf_config):
             rope_rescale=c.get("pos_embed_rescale"),
             norm_eps=float(c.get("layer_norm_eps", 1e-5)),
         )
-        out["rope_embed.periods"] = _periods(config.rope_base, config.head_dim)
+    head_dim = config.head_dim if config is not None else released_head_dim(D)
+    out["rope_embed.periods"] = _periods(config.rope_base if config is not None else 100.0, head_dim)
     return out, config
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
 from .config import ViTConfig
 
 _V2 = dict(generation="dinov2", patch_size=14, pos_embed="learned", pos_grid=37, norm_eps=1e-6)
@@ -26,7 +27,8 @@ _SIZES = {  # embed_dim, depth, num_heads
     "h": dict(embed_dim=1280, depth=32, num_heads=20),
     "7b": dict(embed_dim=4096, depth=40, num_heads=32),
     "t": dict(embed_dim=192, depth=12, num_heads=3),  # ViT-Ti: laptop-sized training
-    "test": dict(embed_dim=64, depth=2, num_heads=4),  # unit tests: milliseconds per forward
+    # unit tests: milliseconds per forward; head dim 64 like every released model, so shapes identify it
+    "test": dict(embed_dim=128, depth=2, num_heads=2),
 }
 _SWIGLU6 = dict(ffn="swiglu", ffn_ratio=6.0)
 
@@ -68,17 +70,19 @@ RELEASED = [name for name in PRESETS if "_test" not in name and "vitt" not in na
 def preset_config(name: str, **overrides: Any) -> ViTConfig:
     """The config of a preset, with overrides (e.g. `depth=2`)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown backbone preset {name!r}; known presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown backbone preset {name!r}; known presets: {', '.join(PRESETS)}")
     return ViTConfig(**PRESETS[name]).replace(**overrides)
 
 
 def match_preset(config: ViTConfig) -> str | None:
     """The released preset with exactly this architecture (ignoring training-only options), if any."""
-    ignore = dict(drop_path_rate=0.0, drop_path_uniform=True, rope_shift=None, rope_jitter=None, rope_rescale=None)
-    ignore["extra"] = {}
-    probe = config.replace(ffn_hidden_dim=config.ffn_hidden, **ignore)
-    for name in RELEASED:
-        cand = preset_config(name)
-        if cand.replace(ffn_hidden_dim=cand.ffn_hidden, **ignore) == probe:
-            return name
-    return None
+    ignored = dict(  # training-only options, notes, and the FFN width's derivation (the exact width decides)
+        drop_path_rate=0.0, drop_path_uniform=True, rope_shift=None, rope_jitter=None, rope_rescale=None, extra={},
+        ffn_ratio=4.0, swiglu_align=8,
+    )  # fmt: skip
+
+    def canonical(c: ViTConfig) -> ViTConfig:  # a key-bias mask means nothing without a qkv bias
+        return c.replace(ffn_hidden_dim=c.ffn_hidden, mask_k_bias=c.mask_k_bias and c.qkv_bias, **ignored)
+
+    probe = canonical(config)
+    return next((name for name in RELEASED if canonical(preset_config(name)) == probe), None)

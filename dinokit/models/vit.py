@@ -14,6 +14,7 @@ Deviations from the released code, none of which changes a number:
 - In eval mode (or with no RoPE augmentation) the RoPE tables are computed once per forward rather than in
   every block; in training with augmentation they are recomputed per block, as released.
 - `get_intermediate_layers` stops after the last requested block instead of running the whole depth.
+- Without autograd, the resized learned position embedding is cached per grid (same values, computed once).
 - DINOv2 inputs whose sides are not multiples of the patch size are rejected with a clear error (the released
   code fails an assertion); DINOv3 inputs of any size are accepted and cropped by the strided convolution.
 """
@@ -61,6 +62,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.register_tokens = nn.Parameter(torch.zeros(1, c.num_registers, D)) if c.num_registers else None
         self.mask_token = nn.Parameter(torch.zeros(1, D))
+        self._pos_cache = None
         if c.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, 1 + c.pos_grid**2, D))
             self.rope_embed = None
@@ -144,11 +146,22 @@ class VisionTransformer(nn.Module):
             cls = self.cls_token + 0 * self.mask_token  # [1, 1, D]; keeps mask_token in the graph
         tokens = torch.cat([cls.expand(B, -1, -1).to(patches.dtype), patches], dim=1)  # [B, 1 + h·w, D]
         if self.pos_embed is not None:
-            tokens = tokens + interpolate_pos_embed(self.pos_embed, grid, self.config.pos_interpolation)
+            tokens = tokens + self._resized_pos_embed(grid)
         if self.register_tokens is not None:
             registers = self.register_tokens.expand(B, -1, -1).to(tokens.dtype)  # [B, R, D]
             tokens = torch.cat([tokens[:, :1], registers, tokens[:, 1:]], dim=1)
         return tokens, grid
+
+    def _resized_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position embedding for `grid`; without autograd, the resized copy is cached per grid and
+        recomputed whenever the parameter changes (its version counter or storage)."""
+        pos = self.pos_embed
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return interpolate_pos_embed(pos, grid, self.config.pos_interpolation)
+        key = (grid, pos._version, pos.data_ptr(), pos.dtype, pos.device, torch.is_inference_mode_enabled())
+        if self._pos_cache is None or self._pos_cache[0] != key:
+            self._pos_cache = (key, interpolate_pos_embed(pos, grid, self.config.pos_interpolation))
+        return self._pos_cache[1]
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.config.in_chans:

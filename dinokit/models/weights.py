@@ -26,7 +26,7 @@ import torch
 
 from ..errors import UserError
 from .config import ViTConfig
-from .convert_hf import hf_to_dinokit, is_hf_state_dict
+from .convert_hf import hf_to_dinokit, is_hf_state_dict, released_head_dim
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
@@ -173,8 +173,8 @@ def infer_config(sd: StateDict, source_name: str = "") -> ViTConfig:
     generation = "dinov2" if learned else "dinov3"
     if "rope_embed.periods" in sd:
         head_dim = 4 * sd["rope_embed.periods"].numel()
-    else:  # every released model has head dim 64 except ViT-7B (4096 wide, head dim 128)
-        head_dim = 128 if D == 4096 else 64
+    else:
+        head_dim = released_head_dim(D)
     b = "blocks.0."
     if b + "mlp.fc1.weight" in sd:
         ffn, hidden = "mlp", sd[b + "mlp.fc1.weight"].shape[0]

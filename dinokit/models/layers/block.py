@@ -42,20 +42,21 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, layerscale_init) if layerscale_init is not None else nn.Identity()
         self.drop_path = drop_path
 
-    def _attn_branch(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
-        return self.ls1(self.attn(self.norm1(x), rope))
-
-    def _ffn_branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ls2(self.mlp(self.norm2(x)))
+    @staticmethod
+    def _residual(x: torch.Tensor, branch: torch.Tensor, ls: nn.Module) -> torch.Tensor:
+        # x + branch·gamma in one pass over memory (addcmul) instead of a multiply and an add
+        return torch.addcmul(x, branch, ls.gamma) if isinstance(ls, LayerScale) else x + branch
 
     def forward(self, x: torch.Tensor, rope: Rope = None) -> torch.Tensor:
         if not (self.training and self.drop_path > 0):
-            x = x + self._attn_branch(x, rope)
-            return x + self._ffn_branch(x)
+            x = self._residual(x, self.attn(self.norm1(x), rope), self.ls1)
+            return self._residual(x, self.mlp(self.norm2(x)), self.ls2)
         B = x.shape[0]
         kept = max(int(B * (1 - self.drop_path)), 1)
         scale = B / kept
         idx = torch.randperm(B, device=x.device)[:kept]
-        x = torch.index_add(x, 0, idx, self._attn_branch(x[idx], rope).to(x.dtype), alpha=scale)
+        branch = self.ls1(self.attn(self.norm1(x[idx]), rope))  # [kept, N, D]
+        x = torch.index_add(x, 0, idx, branch.to(x.dtype), alpha=scale)
         idx = torch.randperm(B, device=x.device)[:kept]
-        return torch.index_add(x, 0, idx, self._ffn_branch(x[idx]).to(x.dtype), alpha=scale)
+        branch = self.ls2(self.mlp(self.norm2(x[idx])))
+        return torch.index_add(x, 0, idx, branch.to(x.dtype), alpha=scale)

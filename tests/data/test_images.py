@@ -1,0 +1,99 @@
+"""Robust decoding of the image files found in real piles, and the image datasets."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinokit.data.datasets import ImageDataset, ImageList, collate_skip_none
+from dinokit.data.images import ImageDecodeError, decode_image
+
+
+def _rgb(h=20, w=30):
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, : w // 2, 0] = 200  # left half red
+    a[: h // 2, :, 2] = 100  # top half has blue
+    return a
+
+
+def _save(tmp_path, name, img: Image.Image, **kw):
+    path = tmp_path / name
+    img.save(path, **kw)
+    return path
+
+
+def test_rgb_png_roundtrip(tmp_path):
+    t = decode_image(_save(tmp_path, "a.png", Image.fromarray(_rgb())))
+    assert t.dtype == torch.uint8 and t.shape == (3, 20, 30)
+    assert torch.equal(t.permute(1, 2, 0), torch.from_numpy(_rgb()))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "LA"])
+def test_modes_are_converted_to_rgb(tmp_path, mode):
+    img = Image.fromarray(_rgb()).convert(mode)
+    ext = "jpg" if mode == "CMYK" else "png"
+    t = decode_image(_save(tmp_path, f"a.{ext}", img))
+    assert t.shape == (3, 20, 30)
+
+
+def test_palette_with_transparency(tmp_path):
+    img = Image.fromarray(_rgb()).convert("P")
+    t = decode_image(_save(tmp_path, "p.png", img, transparency=0))
+    assert t.shape == (3, 20, 30)
+
+
+def test_sixteen_bit_grayscale_is_rescaled(tmp_path):
+    a = np.full((8, 8), 65535, np.uint16)
+    a[:, :4] = 0
+    t = decode_image(_save(tmp_path, "d.png", Image.fromarray(a)))
+    assert t.shape == (3, 8, 8) and int(t[0, 0, 0]) == 0 and int(t[0, 0, 7]) == 255
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    img = Image.fromarray(_rgb(20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    t = decode_image(_save(tmp_path, "r.jpg", img, exif=exif.tobytes(), quality=95))
+    assert t.shape == (3, 30, 20)
+
+
+def test_truncated_file_decodes_what_it_can(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    assert decode_image(path).shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not an image", b"\x89PNG\r\n\x1a\n garbage"])
+def test_unreadable_files_raise_a_clear_error(tmp_path, content):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageDecodeError, match="bad.png"):
+        decode_image(path)
+
+
+def test_folder_with_classes_and_skipping(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(_rgb()).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"")
+    images = ImageList.from_source(tmp_path)
+    assert images.classes == ["cat", "dog"] and images.labels == [0, 0, 1, 1, 1]
+    ds = ImageDataset(images)
+    batch = collate_skip_none([ds[i] for i in range(len(ds))])
+    assert batch[0].shape == (4, 3, 20, 30) and batch[1].tolist() == [0, 0, 1, 1]
+    assert len(ds.skipped) == 1 and ds.skipped[0].endswith("broken.jpg")
+
+
+def test_file_list_with_labels(tmp_path):
+    for i in range(3):
+        Image.fromarray(_rgb()).save(tmp_path / f"{i}.png")
+    (tmp_path / "list.csv").write_text("# path,label\n0.png,7\n1.png,3\n2.png,7\n")
+    images = ImageList.from_source(tmp_path / "list.csv")
+    assert images.classes == ["3", "7"] and images.labels == [1, 0, 1]
