@@ -73,7 +73,5 @@ class MultiCrop:
             self._view(img, self.global_size, self.global_scale, g1, 0.0, rng),
             self._view(img, self.global_size, self.global_scale, g2, SOLARIZE_P, rng),
         ]
-        locals_ = [
-            self._view(img, self.local_size, self.local_scale, gl, 0.0, rng) for _ in range(self.local_number)
-        ]
+        locals_ = [self._view(img, self.local_size, self.local_scale, gl, 0.0, rng) for _ in range(self.local_number)]
         return globals_, locals_

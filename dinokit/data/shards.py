@@ -24,8 +24,10 @@ def is_shard_source(source: str) -> bool:
     p = Path(source)
     if _BRACE.search(source) or p.suffix == ".tar":
         return True
-    return p.is_dir() and any(p.glob("*.tar")) and not any(
-        q.suffix.lower() in IMAGE_EXTENSIONS for q in p.rglob("*") if q.is_file()
+    return (
+        p.is_dir()
+        and any(p.glob("*.tar"))
+        and not any(q.suffix.lower() in IMAGE_EXTENSIONS for q in p.rglob("*") if q.is_file())
     )
 
 
