@@ -21,14 +21,9 @@ _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 def is_shard_source(source: str) -> bool:
+    """A `.tar` file, a brace pattern, or a folder whose top level holds `.tar` files."""
     p = Path(source)
-    if _BRACE.search(source) or p.suffix == ".tar":
-        return True
-    return (
-        p.is_dir()
-        and any(p.glob("*.tar"))
-        and not any(q.suffix.lower() in IMAGE_EXTENSIONS for q in p.rglob("*") if q.is_file())
-    )
+    return bool(_BRACE.search(source)) or p.suffix == ".tar" or (p.is_dir() and any(p.glob("*.tar")))
 
 
 def expand_shards(source: str) -> list[Path]:

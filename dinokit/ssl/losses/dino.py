@@ -38,7 +38,7 @@ class DinoTerm(nn.Module):
     """The DINO loss term of the recipe: teacher targets of the global crops vs. student CLS logits of all crops.
 
     Returns the value the term's weight multiplies and metrics: the local and global parts (pair means) and
-    the entropy of the batch-average target (low = few prototypes in use, a sign of collapse)."""
+    the entropies of the targets (see `target_entropies`)."""
 
     def __init__(self, target: nn.Module, student_temp: float = 0.1, global_ignore_diagonal: bool = True) -> None:
         super().__init__()
@@ -51,7 +51,7 @@ class DinoTerm(nn.Module):
         probs = self.target(teacher.cls_logits.flatten(0, 1), temps["teacher_temp"]).unflatten(0, (G, B))  # [G, B, K]
         glob = dino_loss(student.global_cls_logits, probs, self.student_temp, self.global_ignore_diagonal)
         n_global = G * (G - 1) if self.global_ignore_diagonal else G * G
-        metrics = {"dino_global": glob.detach(), "target_entropy": batch_target_entropy(probs.flatten(0, 1))}
+        metrics = {"dino_global": glob.detach(), **target_entropies(probs.flatten(0, 1))}
         if student.local_cls_logits is None or student.local_cls_logits.shape[0] == 0:
             return glob, metrics
         local = dino_loss(student.local_cls_logits, probs, self.student_temp)
@@ -62,7 +62,13 @@ class DinoTerm(nn.Module):
 
 
 @torch.no_grad()
-def batch_target_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of the batch-average target distribution `mean_b probs[b]`."""
-    p = probs.float().mean(dim=0)
-    return -(p * torch.log(p.clamp_min(1e-30))).sum()
+def target_entropies(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Entropies (nats) of targets `[N, K]`: `target_entropy` of the batch-average distribution (low: few
+    prototypes in use, collapse to a point) and `target_sample_entropy`, the mean per sample (near log K:
+    uniform targets, the other collapse)."""
+    p = probs.float()
+    mean = p.mean(dim=0)
+    return {
+        "target_entropy": -(mean * torch.log(mean.clamp_min(1e-30))).sum(),
+        "target_sample_entropy": -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1).mean(),
+    }
