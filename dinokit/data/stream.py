@@ -63,10 +63,12 @@ class ImageSource:
 
 
 class ShardSource:
-    """Sequential reading of tar shards."""
+    """Sequential reading of tar shards. A worker keeps its place in the stream between batches, so reading
+    batch after batch costs one pass (and skipping to a resumed position one pass over the headers)."""
 
     def __init__(self, shards: list[Path], seed: int) -> None:
         self.shards, self.seed = shards, seed
+        self._cursor: tuple[tuple[int, int], Iterator, int] | None = None  # ((rank, world), stream, next position)
 
     def _rank_stream(self, rank: int, world: int) -> Iterator[tuple[str, object, object]]:
         epoch = 0
@@ -85,15 +87,18 @@ class ShardSource:
             epoch += 1
 
     def items(self, positions: list[int], rank: int, world: int) -> Iterator[tuple[int, str, Loader]]:
-        wanted = iter(positions)
-        target = next(wanted, None)
-        for p, (name, tar, member) in enumerate(self._rank_stream(rank, world)):
-            if target is None:
-                return
-            if p == target:
+        if self._cursor is None or self._cursor[0] != (rank, world) or self._cursor[2] > positions[0]:
+            self._cursor = ((rank, world), self._rank_stream(rank, world), 0)
+        key, stream, p = self._cursor
+        wanted = set(positions)
+        for name, tar, member in stream:
+            p += 1
+            if p - 1 in wanted:
                 data = read_member(tar, member)
-                yield p * world + rank, name, (lambda data=data: decode_image(data))
-                target = next(wanted, None)
+                yield (p - 1) * world + rank, name, (lambda data=data: decode_image(data))
+                if p - 1 == positions[-1]:
+                    break
+        self._cursor = (key, stream, p)
 
 
 def open_source(path: str, seed: int) -> ImageSource | ShardSource:
