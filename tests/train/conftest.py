@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dinokit.config import PretrainConfig, load_config
@@ -47,3 +48,13 @@ def tiny_cfg(image_folder, tmp_path):
         return load_config(PretrainConfig, TINY_CPU, [*base, *overrides])
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models gain nothing from a second thread, and on a shared machine OpenMP threads that wait for
+    each other make every small op cost a scheduler time slice."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
