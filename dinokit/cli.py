@@ -121,11 +121,312 @@ def _train(args) -> int:
         distributed.shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {run} (teacher backbone: {run / 'teacher_backbone'})")
+# ----------------------------------------------------------------------------------------------- extract
+def _add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="frozen features of images → shards + index (resumable)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or .txt/.csv file lists")
+    p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    p.add_argument("--output", required=True, help="output folder (rerun to resume)")
+    p.add_argument("--size", type=int, default=None, help="shorter side in px (default: native size)")
+    p.add_argument("--tile", type=int, default=None, help="tile size in px for huge images (maps stitched)")
+    p.add_argument("--overlap", type=int, default=0, help="tile overlap in px (overlapping patches are averaged)")
+    p.add_argument("--layers", type=int, nargs="*", default=[], help="also store these blocks' patch tokens (0-based)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
+    p.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--format", choices=["safetensors", "npy"], default="safetensors")
+    p.add_argument("--shard-size", type=int, default=256, help="images per shard")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.set_defaults(func=_extract)
+
+
+def _extract(args) -> int:
+    from .models import backbone_from_spec
+    from .tools.extract import extract_features
+
+    model = backbone_from_spec(args.backbone)
+    out = extract_features(
+        model, args.inputs, args.output, size=args.size, tile=args.tile, overlap=args.overlap, layers=args.layers,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, store_dtype=args.store_dtype,
+        format=args.format, shard_size=args.shard_size, num_workers=args.workers, backbone_name=args.backbone,
+    )  # fmt: skip
+    print(f"features in {out} (read them with dinokit.read_features({str(out)!r}))")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a backbone (ONNX with dynamic batch and image size)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="<format>")
+    q = kinds.add_parser("onnx", help="ONNX: images [B,3,H,W] → cls, registers, patches; checked with onnxruntime")
+    q.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    q.add_argument("--output", required=True, help="FILE.onnx")
+    q.add_argument("--opset", type=int, default=18)
+    q.add_argument("--size", type=int, default=None, help="example and check size in px (default 8 patches)")
+    q.add_argument("--int8", action="store_true", help="also write FILE.int8.onnx (dynamic int8 quantisation)")
+    q.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from .models import backbone_from_spec
+    from .tools.export import export_onnx
+
+    model = backbone_from_spec(args.backbone)
+    size = None if args.size is None else max(1, args.size // model.patch_size) * model.patch_size
+    report = export_onnx(model, args.output, opset=args.opset, example_size=size, quantize=args.int8)
+    print(f"wrote {report['path']} (opset {report['opset']}; dynamic batch, height, width)")
+    for res, errs in report["max_abs_diff"].items():
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+        print(f"  onnxruntime vs PyTorch fp32 at {res}: max abs diff {diffs}")
+    if "int8" in report:
+        c = report["int8"]["cosine"]
+        print(f"wrote {report['int8']['path']} (int8): cosine to fp32 cls {c['cls']:.4f}, patches mean "
+              f"{c['patches_mean']:.4f} / min {c['patches_min']:.4f}")  # fmt: skip
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- viz
+def _add_viz(sub) -> None:
+    p = sub.add_parser("viz", help="pictures of features: PCA colours, similarity maps, CLS attention")
+    p.add_argument("kind", choices=["pca", "similarity", "attention"])
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    p.add_argument("--output", required=True, help="PNG file")
+    p.add_argument("--size", type=int, default=448, help="shorter side in px, rounded to the patch size (0: native)")
+    p.add_argument("--foreground", type=float, default=None, help="pca: black out the background below this value")
+    p.add_argument("--query", default=None, help="similarity: Y,X pixel in the first image (default: its centre)")
+    p.set_defaults(func=_viz)
+
+
+def _viz(args) -> int:
+    from .data.images import decode_image
+    from .models import backbone_from_spec
+    from .tools import viz
+
+    model = backbone_from_spec(args.backbone)
+    images = [decode_image(path) for path in args.images]
+    size = args.size or None
+    if args.kind == "pca":
+        picture = viz.render_pca(model, images, size, args.foreground)
+    elif args.kind == "similarity":
+        try:
+            query = None if args.query is None else tuple(float(v) for v in args.query.split(","))
+        except ValueError:
+            query = ()
+        if query is not None and len(query) != 2:
+            raise UserError(f"--query must be Y,X in pixels, got {args.query!r}")
+        picture = viz.render_similarity(model, images, query, size)
+    else:
+        picture = viz.render_attention(model, images, size)
+    viz.save_png(picture, args.output)
+    print(f"wrote {args.output} ({picture.shape[1]}×{picture.shape[0]} px)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- index
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="image search: a faiss index over CLS or pooled patch features")
+    ops = p.add_subparsers(dest="op", required=True, metavar="<build|search>")
+    b = ops.add_parser("build", help="index images (or a folder from `dinokit extract`); extends an existing index")
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, file lists, or one features folder")
+    b.add_argument("--output", required=True, help="index folder")
+    b.add_argument("--backbone", default=None, help="checkpoint, or random:<preset> (not needed for features)")
+    b.add_argument("--kind", choices=["exact", "ivf", "hnsw"], default="exact")
+    b.add_argument("--source", choices=["cls", "patches"], default="cls", help="CLS, or mean-pooled patches")
+    b.add_argument("--size", type=int, default=224, help="shorter side in px when embedding images")
+    b.add_argument("--nlist", type=int, default=None, help="ivf: number of clusters")
+    b.set_defaults(func=_index_build)
+    s = ops.add_parser("search", help="top-k most similar indexed images for query images")
+    s.add_argument("index", help="index folder")
+    s.add_argument("queries", nargs="+", metavar="QUERY", help="query images, folders or file lists")
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--backbone", default=None, help="default: the backbone the index was built with")
+    s.add_argument("--json", default=None, help="also write the results to this JSON file")
+    s.set_defaults(func=_index_search)
+
+
+def _index_build(args) -> int:
+    from .tools.index import build_index
+
+    settings = {"nlist": args.nlist} if args.nlist else {}
+    index = build_index(args.inputs, args.output, args.backbone, args.kind, args.source, args.size, **settings)
+    print(f"{args.output}: {index.kind} index over {index.source} of {len(index)} images (dim {index.dim})")
+    return 0
+
+
+def _index_search(args) -> int:
+    import json
+
+    from .tools.index import search_index
+
+    results = search_index(args.index, args.queries, args.k, args.backbone)
+    for query, hits in results.items():
+        print(query)
+        for rank, (path, score) in enumerate(hits, 1):
+            print(f"  {rank:>3}  {score:.4f}  {path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- prototypes
+def _add_prototypes(sub) -> None:
+    p = sub.add_parser("prototypes", help="few-shot class prototypes: per-patch classes and OOD masks")
+    ops = p.add_subparsers(dest="op", required=True, metavar="<build|apply>")
+    b = ops.add_parser("build", help="prototypes from labelled images (class sub-folders or a path,label list)")
+    b.add_argument("source", help="folder with one sub-folder per class, or a .txt/.csv list")
+    b.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    b.add_argument("--output", required=True, help="prototypes file (.safetensors)")
+    b.add_argument("--masks", default=None, help="folder of masks named <image stem>.png (white = class region)")
+    b.add_argument("--size", type=int, default=448, help="shorter side in px (0: native)")
+    b.add_argument("--per-class", type=int, default=1, help="prototypes per class (cosine k-means when > 1)")
+    b.set_defaults(func=_prototypes_build)
+    a = ops.add_parser("apply", help="class map, OOD score and OOD mask for images")
+    a.add_argument("images", nargs="+", metavar="IMAGE")
+    a.add_argument("--prototypes", required=True, help="file from `dinokit prototypes build`")
+    a.add_argument("--output", required=True, help="output folder (a PNG and an .npz per image)")
+    a.add_argument("--threshold", type=float, default=None, help="OOD threshold (default: the calibrated one)")
+    a.add_argument("--backbone", default=None, help="default: the backbone the prototypes were built with")
+    a.set_defaults(func=_prototypes_apply)
+
+
+def _prototypes_build(args) -> int:
+    from .models import backbone_from_spec
+    from .tools.prototypes import build_prototypes
+
+    model = backbone_from_spec(args.backbone)
+    protos = build_prototypes(model, args.source, args.masks, args.size or None, args.per_class)
+    protos.meta["backbone"] = args.backbone
+    protos.save(args.output)
+    counts = ", ".join(f"{n} ({c} patches)" for n, c in zip(protos.names, protos.counts))
+    print(f"wrote {args.output}: {counts}; OOD threshold {protos.threshold:.4f} (99th percentile of known patches)")
+    return 0
+
+
+def _prototypes_apply(args) -> int:
+    import numpy as np
+
+    from .data.images import decode_image
+    from .models import backbone_from_spec
+    from .tools.prototypes import Prototypes, apply_prototypes, render_result
+    from .tools.viz import save_png
+
+    protos = Prototypes.load(args.prototypes)
+    spec = args.backbone or protos.meta.get("backbone")
+    if not spec:
+        raise UserError("the prototypes file does not record its backbone; pass --backbone")
+    model = backbone_from_spec(spec)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        result = apply_prototypes(model, protos, decode_image(path), args.threshold)
+        stem = Path(path).stem
+        save_png(render_result(result, len(protos.names)), out / f"{stem}.png")
+        arrays = {k: np.asarray(v) for k, v in result.items() if k != "shown"}
+        np.savez_compressed(out / f"{stem}.npz", classes=np.array(protos.names), **arrays)
+        share = float(result["ood_mask"].float().mean())
+        print(f"{path}: {share:.1%} of patches out of distribution → {out / (stem + '.png')}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- head
+def _add_head(sub) -> None:
+    p = sub.add_parser("head", help="train heads on frozen features (classifiers, segmentation) and predict")
+    ops = p.add_subparsers(dest="op", required=True, metavar="<train|predict>")
+    t = ops.add_parser("train", help="train a head on the frozen features of labelled images")
+    t.add_argument("source", help="single: class folders or path,label list; multi: CSV path,<label>…(0/1); "
+                                  "segment: images (with --masks)")  # fmt: skip
+    t.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    t.add_argument("--output", required=True, help="head file (.safetensors); features cached beside it")
+    t.add_argument("--kind", choices=["linear", "mlp", "conv"], default="linear")
+    t.add_argument("--task", choices=["single", "multi", "segment"], default="single")
+    t.add_argument("--features", choices=["cls", "cls+avg"], default="cls", help="classifier input")
+    t.add_argument("--masks", default=None, help="segment: folder of <image stem>.png label maps (255 = ignore)")
+    t.add_argument("--classes", default=None, help="segment: comma-separated class names")
+    t.add_argument("--size", type=int, default=224, help="shorter side in px (0: native)")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lora", type=int, default=0, metavar="RANK", help="also fine-tune LoRA adapters of this rank")
+    t.add_argument("--lora-targets", choices=["qv", "qkv"], default="qv")
+    t.set_defaults(func=_head_train)
+    q = ops.add_parser("predict", help="classify or segment images with a trained head")
+    q.add_argument("images", nargs="+", metavar="IMAGE")
+    q.add_argument("--head", required=True, help="file from `dinokit head train`")
+    q.add_argument("--backbone", default=None, help="default: the backbone the head was trained on")
+    q.add_argument("--output", default=None, help="classification: JSON file; segmentation: folder of PNG masks")
+    q.add_argument("--tile", type=int, default=None, help="tile size in px for huge images")
+    q.add_argument("--overlap", type=int, default=0)
+    q.set_defaults(func=_head_predict)
+
+
+def _head_train(args) -> int:
+    from .models import backbone_from_spec
+    from .tools.heads import save_head, train_head_on_images
+
+    model = backbone_from_spec(args.backbone)
+    classes = args.classes.split(",") if args.classes else None
+    if args.lora:
+        from .tools.finetune import finetune_classifier
+        from .tools.lora import save_adapter
+
+        head, config, metrics = finetune_classifier(
+            model, args.source, args.task, args.kind, args.features, args.lora, args.lora_targets,
+            args.size or None, args.epochs, args.lr, backbone_name=args.backbone,
+        )  # fmt: skip
+        adapter = Path(args.output).with_suffix(".lora.safetensors")
+        save_adapter(model, adapter)
+        config.meta["adapter"] = adapter.name  # found beside the head file
+    else:
+        head, config, metrics = train_head_on_images(
+            model, args.source, args.output, args.kind, args.task, args.features, args.masks, classes,
+            args.size or None, args.epochs, args.lr, backbone_name=args.backbone,
+        )  # fmt: skip
+    save_head(head, config, args.output)
+    trainable = sum(p.numel() for p in head.parameters())
+    print(f"wrote {args.output}: {args.kind} head, {args.task}-label, {len(config.classes)} classes, "
+          f"{trainable} parameters; training set: {metrics}")  # fmt: skip
+    return 0
+
+
+def _head_predict(args) -> int:
+    import json
+
+    import numpy as np
+
+    from .data.images import decode_image
+    from .models import backbone_from_spec
+    from .tools.heads import load_head, predict_image, summarise
+
+    head, config = load_head(args.head)
+    spec = args.backbone or config.meta.get("backbone")
+    if not spec:
+        raise UserError("the head file does not record its backbone; pass --backbone")
+    model = backbone_from_spec(spec)
+    if config.meta.get("adapter"):
+        from .tools.lora import load_adapter
+
+        load_adapter(model, Path(args.head).parent / config.meta["adapter"])
+    results = {}
+    for path in args.images:
+        out = predict_image(model, head, config, decode_image(path), args.tile, args.overlap)
+        if config.task == "segment" and args.output:
+            from .tools.viz import save_png
+
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+            labels = out["labels"].numpy().astype(np.uint8)  # class index per pixel
+            save_png(np.repeat(labels[..., None], 3, axis=-1), Path(args.output) / f"{Path(path).stem}.png")
+        results[path] = summarise(out, config)
+        print(f"{path}: {results[path]}")
+    if args.output and config.task != "segment":
+        Path(args.output).write_text(json.dumps(results, indent=1))
     return 0
 
 
 # -------------------------------------------------------------------------------------------------- main
-VERBS = [_add_info, _add_convert, _add_demo, _add_train]
+VERBS = [_add_info, _add_convert, _add_demo]
+VERBS += [_add_extract, _add_export, _add_viz, _add_index, _add_prototypes, _add_head]
+VERBS += [_add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -211,6 +211,13 @@ class VisionTransformer(nn.Module):
 
         `local_crops=True` marks a batch of local crops in training, for models with `local_cls_norm`."""
         tokens, grid = self.prepare_tokens(x, masks)
+        return self.forward_tokens(tokens, grid, local_crops, masks)
+
+    def forward_tokens(
+        self, tokens: torch.Tensor, grid: tuple[int, int], local_crops: bool = False, masks: torch.Tensor | None = None
+    ) -> BackboneOutput:
+        """The blocks and final norms on prepared tokens `[B, 1 + R + h·w, D]` (see `prepare_tokens`); for
+        callers that build the tokens themselves, e.g. an export with its own position-embedding resize."""
         tokens, _ = self._run_blocks(tokens, grid)
         prefix, patches = self._final_norm(tokens, local_crops)
         return BackboneOutput(

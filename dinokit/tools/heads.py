@@ -1,0 +1,306 @@
+"""Heads trained on frozen features: image classifiers (linear, MLP; single- or multi-label) and a light
+convolutional decoder for segmentation.
+
+- Inputs: classifiers read one vector per image, the CLS token or CLS ‖ mean patch token (`features="cls+avg"`,
+  the DINOv2 linear-probe input); the decoder reads the patch map `[D, h, w]`.
+- Losses: cross-entropy (single-label, segmentation; label 255 = ignore) or binary cross-entropy per label
+  (multi-label). AdamW with a cosine learning-rate schedule, full-batch-friendly sizes; features are computed
+  once (the backbone is frozen), so an epoch costs only the head.
+- Multi-label decisions use one threshold per label, chosen on the training (or validation) set to maximise
+  that label's F1 — defect labels are rare and differ in base rate, so one global 0.5 serves them badly.
+- Decoder: BatchNorm → 3×3 conv (D → hidden) → GELU → 1×1 conv (→ classes) at the patch grid, logits
+  upsampled bilinearly to the image size (a light version of the dense probe, which is BN + 1×1 conv).
+
+A head is saved as one safetensors file whose metadata hold its configuration (kind, task, class names,
+thresholds, feature source, backbone, input size), so `dinokit head predict` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..errors import UserError
+
+IGNORE = 255
+
+
+@dataclass
+class HeadConfig:
+    kind: str  # "linear" | "mlp" | "conv"
+    task: str  # "single" | "multi" | "segment"
+    in_dim: int  # feature width the head reads (2D for "cls+avg")
+    classes: list[str]
+    features: str = "cls"  # "cls" | "cls+avg" | "patches" (conv)
+    hidden: int = 512
+    thresholds: list[float] = field(default_factory=list)  # multi-label: one per class
+    meta: dict = field(default_factory=dict)  # backbone, size, tile …
+
+
+class MLPHead(nn.Module):
+    def __init__(self, in_dim: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """Patch map `[B, D, h, w]` → logits `[B, C, h, w]`."""
+
+    def __init__(self, in_dim: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_dim)
+        self.conv = nn.Conv2d(in_dim, hidden, 3, padding=1)
+        self.classify = nn.Conv2d(hidden, out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(F.gelu(self.conv(self.norm(x))))
+
+
+def create_head(config: HeadConfig) -> nn.Module:
+    n = len(config.classes)
+    if config.kind == "linear":
+        return nn.Linear(config.in_dim, n)
+    if config.kind == "mlp":
+        return MLPHead(config.in_dim, config.hidden, n)
+    if config.kind == "conv":
+        return ConvDecoder(config.in_dim, config.hidden, n)
+    raise UserError(f"head kind must be 'linear', 'mlp' or 'conv', got {config.kind!r}")
+
+
+def head_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if task == "multi":
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    if task == "segment":  # logits at the patch grid, labels at pixels: upsample the logits (dense-probe rule)
+        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, targets.long(), ignore_index=IGNORE)
+
+
+def _batches(features, targets, batch_size: int):
+    """Shuffled mini-batches; segmentation items (maps of varying size) go one image at a time."""
+    if isinstance(features, list):
+        for i in torch.randperm(len(features)).tolist():
+            yield features[i][None], targets[i][None]
+    else:
+        for idx in torch.randperm(len(features)).split(batch_size):
+            yield features[idx], targets[idx]
+
+
+def train_head(
+    config: HeadConfig, features, targets, epochs: int = 100, lr: float = 1e-3, weight_decay: float = 1e-4,
+    batch_size: int = 256, seed: int = 0, progress: bool = True,
+) -> nn.Module:  # fmt: skip
+    """Train a head on precomputed features. Classifiers: `features [N, in_dim]`, targets class indices `[N]`
+    or 0/1 `[N, C]` (multi-label). Decoder: lists of patch maps `[D, h, w]` and pixel labels `[H, W]`
+    (255 = ignore)."""
+    torch.manual_seed(seed)
+    head = create_head(config)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    per_epoch = len(features) if isinstance(features, list) else math.ceil(len(features) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * per_epoch, 1))
+    head.train()
+    for _ in tqdm(range(epochs), desc=f"train {config.kind} head", unit="epoch", disable=not progress):
+        for x, y in _batches(features, targets, batch_size):
+            loss = head_loss(config.task, head(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return head.eval()
+
+
+def f1_scores(decided: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """F1 per column of boolean decisions `[N, K]` against 0/1 targets `[N, K]` (0 when both are empty)."""
+    tp = (decided & targets.bool()).sum(0).float()
+    return 2 * tp / (decided.sum(0) + targets.bool().sum(0)).clamp_min(1)
+
+
+def best_f1_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """Per label, the threshold in {0.05, 0.10, …, 0.95} that maximises F1 on `probs [N, C]` vs 0/1 targets."""
+    grid = torch.arange(0.05, 0.951, 0.05)
+    out = []
+    for c in range(probs.shape[1]):
+        f1 = f1_scores(probs[:, c : c + 1] >= grid, targets[:, c : c + 1].expand(-1, len(grid)))  # [T]
+        out.append(round(float(grid[int(f1.argmax())]), 2))
+    return out
+
+
+@torch.inference_mode()
+def predict(
+    head: nn.Module, config: HeadConfig, features: torch.Tensor, size: tuple[int, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Probabilities and decisions: `probs [N, C]` and `labels [N]` (single), `labels [N, C]` bool (multi, per-label
+    thresholds), or `probs [N, C, H, W]` and `labels [N, H, W]` (segment; logits upsampled to `size`)."""
+    logits = head.eval()(features)
+    if config.task == "segment" and size is not None:
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    if config.task == "multi":
+        probs = logits.sigmoid()
+        thresholds = torch.tensor(config.thresholds or [0.5] * len(config.classes))
+        return {"probs": probs, "labels": probs >= thresholds}
+    probs = logits.softmax(1)
+    return {"probs": probs, "labels": probs.argmax(1)}
+
+
+# ------------------------------------------------------------------------------------------------ files
+def save_head(head: nn.Module, config: HeadConfig, path: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    tmp = f"{path}.tmp"
+    sd = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+    save_file(sd, tmp, metadata={"format": "dinokit-head", "config": json.dumps(asdict(config))})
+    os.replace(tmp, path)
+
+
+def load_head(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable head file ({e})") from None
+    if meta.get("format") != "dinokit-head":
+        raise UserError(f"{path}: not a dinokit head (train one with `dinokit head train`)")
+    config = HeadConfig(**json.loads(meta["config"]))
+    head = create_head(config)
+    head.load_state_dict(sd, strict=True)
+    return head.eval(), config
+
+
+# ------------------------------------------------------------------------------------- images → heads
+def read_multilabel_csv(path: str | os.PathLike) -> tuple[list[str], list[str], torch.Tensor]:
+    """A CSV with a header `path,<label 1>,<label 2>,…` and 0/1 per label → paths, label names, `[N, C]`."""
+    import csv
+    from pathlib import Path
+
+    rows = list(csv.reader(Path(path).read_text().splitlines()))
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise UserError(f"{path}: a multi-label list needs a header `path,<label>,…` and one row per image")
+    names = [n.strip() for n in rows[0][1:]]
+    try:
+        values = torch.tensor([[int(float(v)) for v in r[1:]] for r in rows[1:] if r], dtype=torch.long)
+    except ValueError as e:
+        raise UserError(f"{path}: label columns must hold 0 or 1 ({e})") from None
+    paths = [str((Path(path).parent / r[0].strip()).resolve()) for r in rows[1:] if r]
+    if values.shape[1] != len(names):
+        raise UserError(f"{path}: every row needs {len(names)} label values")
+    return paths, names, values
+
+
+def image_vector(f: dict, source: str) -> torch.Tensor:
+    """The classifier input from features `{"cls": [..., D], "patches": [..., h, w, D]}`: CLS or CLS ‖ mean patch."""
+    cls = torch.as_tensor(f["cls"]).float()
+    return cls if source == "cls" else torch.cat([cls, torch.as_tensor(f["patches"]).float().mean((-3, -2))], -1)
+
+
+def read_labels(source: str, task: str) -> tuple[list[str], list[str], torch.Tensor | None]:
+    """Image paths, class names and targets of a training source (see `train_head_on_images`)."""
+    from pathlib import Path
+
+    from ..data.datasets import ImageList
+
+    if task not in ("single", "multi", "segment"):
+        raise UserError(f"task must be 'single', 'multi' or 'segment', got {task!r}")
+    if task == "multi":
+        return read_multilabel_csv(source)
+    images = ImageList.from_source(source)
+    paths = [str(Path(p).resolve()) for p in images.paths]
+    if task == "segment":
+        return paths, [], None
+    if images.labels is None:
+        raise UserError(f"{source}: single-label training needs class sub-folders or a path,label list")
+    return paths, images.classes, torch.tensor(images.labels)
+
+
+def train_head_on_images(
+    model, source: str, output: str | os.PathLike, kind: str = "linear", task: str = "single",
+    features: str = "cls", masks: str | None = None, classes: list[str] | None = None, size: int | None = 224,
+    epochs: int = 100, lr: float = 1e-3, backbone_name: str = "",
+) -> tuple[nn.Module, HeadConfig, dict]:  # fmt: skip
+    """Train a head on images: `source` is class folders / a `path,label` list (single), a CSV of 0/1 label
+    columns (multi) or images with `masks/<stem>.png` pixel labels (segment). Features are cached (resumably)
+    in `<output>.features/`. Returns the head, its config and training-set metrics."""
+    from pathlib import Path
+
+    from ..data.images import decode_image
+    from .extract import FeatureStore, Preprocess, extract_features
+
+    if (task == "segment") != (kind == "conv"):
+        raise UserError("segmentation uses the conv decoder (--kind conv), and the conv decoder only segments")
+    paths, found, targets = read_labels(source, task)
+    classes = found or classes
+    cache = Path(f"{output}.features")
+    store = FeatureStore(extract_features(model, paths, cache, size=size, backbone_name=backbone_name))
+    missing = [p for p in paths if p not in store]
+    if missing:
+        raise UserError(f"{len(missing)} training image(s) could not be read, e.g. {missing[0]}")
+    meta = {"backbone": backbone_name, "size": size}
+    if task == "segment":
+        if masks is None:
+            raise UserError("segmentation training needs --masks DIR with one <image stem>.png label map per image")
+        prep = Preprocess(model.patch_size, size)
+        x = [torch.as_tensor(store[p]["patches"]).float().permute(2, 0, 1) for p in paths]  # [D, h, w] each
+        y = []
+        for p in paths:
+            mask_path = Path(masks) / f"{Path(p).stem}.png"
+            if not mask_path.exists():
+                raise UserError(f"no mask {mask_path} for image {p}")
+            labels = decode_image(mask_path)[0]  # [H, W] class indices (255 = ignore)
+            out = prep.output_size(*labels.shape)
+            y.append(F.interpolate(labels[None, None].float(), size=out, mode="nearest")[0, 0].long())
+        known = torch.cat([t.flatten() for t in y])
+        n = int(known[known != IGNORE].max()) + 1
+        classes = classes or [str(i) for i in range(n)]
+        config = HeadConfig(kind, task, model.embed_dim, list(classes), "patches", meta=meta)
+        head = train_head(config, x, y, epochs=epochs, lr=lr)
+        pred = [predict(head, config, xi[None], tuple(yi.shape))["labels"][0] for xi, yi in zip(x, y)]
+        valid = torch.cat([yi.flatten() != IGNORE for yi in y])
+        correct = torch.cat([(pi == yi).flatten() for pi, yi in zip(pred, y)])
+        return head, config, {"pixel_accuracy": float(correct[valid].float().mean())}
+    x = torch.stack([image_vector(store[p], features) for p in paths])  # [N, in_dim]
+    config = HeadConfig(kind, task, x.shape[1], list(classes), features, meta=meta)
+    head = train_head(config, x, targets, epochs=epochs, lr=lr)
+    out = predict(head, config, x)
+    if task == "multi":
+        config.thresholds = best_f1_thresholds(out["probs"], targets)
+        f1 = f1_scores(predict(head, config, x)["labels"], targets)
+        return head, config, {"f1": dict(zip(classes, f1.tolist())), "thresholds": config.thresholds}
+    return head, config, {"accuracy": float((out["labels"] == targets).float().mean())}
+
+
+@torch.inference_mode()
+def predict_image(
+    model, head: nn.Module, config: HeadConfig, image: torch.Tensor, tile: int | None = None, overlap: int = 0
+) -> dict[str, torch.Tensor]:
+    """Run backbone and head on one uint8 image `[3, H, W]` (segmentation: labels at the model input size)."""
+    from .extract import Preprocess, features_of_image
+
+    x = Preprocess(model.patch_size, config.meta.get("size"))(image)
+    f = features_of_image(model, x, tile=tile, overlap=overlap)
+    if config.task == "segment":
+        out = predict(head, config, f["patches"].permute(2, 0, 1)[None], tuple(x.shape[-2:]))
+    else:
+        out = predict(head, config, image_vector(f, config.features)[None])
+    return {k: v[0] for k, v in out.items()}
+
+
+def summarise(out: dict[str, torch.Tensor], config: HeadConfig) -> dict[str, float]:
+    """One image's prediction as `{class: value}`: the winning class and its probability (single), every label
+    above its threshold with its probability (multi), or each class's share of the pixels (segment)."""
+    if config.task == "segment":
+        shares = torch.bincount(out["labels"].flatten(), minlength=len(config.classes)) / out["labels"].numel()
+        return {c: round(float(v), 4) for c, v in zip(config.classes, shares)}
+    if config.task == "multi":
+        return {c: round(float(p), 4) for c, p, on in zip(config.classes, out["probs"], out["labels"]) if on}
+    return {config.classes[int(out["labels"])]: round(float(out["probs"].max()), 4)}
