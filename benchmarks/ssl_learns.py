@@ -7,7 +7,7 @@ with random colours, scales, phases and noise, so colour alone does not separate
 protocol: L2-normalised CLS, cosine top-k (k = 20), votes weighted by exp(sim / 0.07); each labelled image is
 classified by its neighbours among the others (leave-one-out).
 
-    PYTHONPATH=. python benchmarks/ssl_learns.py [--steps 300] [--out /tmp/ssl_learns]
+    PYTHONPATH=. python benchmarks/ssl_learns.py [--steps N] [--out /tmp/ssl_learns] [key=value ...]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def knn_accuracy(backbone, images: ImageList, size: int, k: int = 20, temperatur
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=None, help="default: the preset's train.steps")
     p.add_argument("--out", default="/tmp/ssl_learns")
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. teacher.target=sinkhorn_knopp")
     args = p.parse_args()
@@ -99,7 +99,8 @@ def main() -> None:
     cfg: PretrainConfig = load_config(
         PretrainConfig,
         Path(__file__).parents[1] / "configs/pretrain/tiny_cpu.yaml",
-        [f"data.path={out / 'unlabelled'}", f"output_dir={out / 'run'}", f"train.steps={args.steps}", *args.overrides],
+        [f"data.path={out / 'unlabelled'}", f"output_dir={out / 'run'}", *args.overrides]
+        + ([f"train.steps={args.steps}"] if args.steps else []),
     )
     heldout = ImageList.from_source(out / "heldout")
     torch.manual_seed(cfg.seed)  # the initialisation the run starts from (train() seeds the same way)
@@ -113,7 +114,7 @@ def main() -> None:
     print(f"k-NN (k=20) accuracy on {len(heldout)} held-out images of {len(CLASSES)} classes "
           f"(chance {100 / len(CLASSES):.1f}%):")  # fmt: skip
     print(f"  random initialisation: {acc_random:.1f}%")
-    print(f"  after {args.steps} SSL steps ({minutes:.1f} min): {acc_trained:.1f}%")
+    print(f"  after {cfg.train.steps} SSL steps ({minutes:.1f} min): {acc_trained:.1f}%")
 
 
 if __name__ == "__main__":
