@@ -73,8 +73,9 @@ class SoftmaxCentering(nn.Module):
         """Fold this batch's mean logit (over all ranks) into the centre; it affects the *next* `probs`."""
         total = _all_reduce(teacher_logits.float().sum(dim=0, keepdim=True))  # [1, K]
         count = _all_reduce(torch.tensor(float(teacher_logits.shape[0]), device=total.device))
-        if count > 0:
-            self.center.mul_(self.momentum).add_(total / count, alpha=1 - self.momentum)
+        updated = self.center * self.momentum + total / count.clamp_min(1.0) * (1 - self.momentum)
+        # an empty or non-finite batch (a step the loop will skip) leaves the centre as it was
+        self.center.copy_(torch.where(torch.isfinite(total).all() & (count > 0), updated, self.center))
 
     def forward(self, teacher_logits: torch.Tensor, temp: float) -> torch.Tensor:
         """Targets for this step, then the centre update (the released order)."""

@@ -140,3 +140,12 @@ def test_ibot_fused_cross_entropy_has_the_plain_formula_gradient():
     (grad_plain,) = torch.autograd.grad(plain, s)
     torch.testing.assert_close(fused, plain)
     torch.testing.assert_close(grad_fused, grad_plain)
+
+
+def test_centre_ignores_empty_and_non_finite_batches():
+    c = SoftmaxCentering(4)
+    c.update(torch.ones(3, 4))
+    before = c.center.clone()
+    c.update(torch.full((2, 4), float("nan")))
+    c.update(torch.zeros(0, 4))
+    assert torch.equal(c.center, before)
