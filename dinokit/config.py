@@ -71,7 +71,8 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[list[str], Any]]:
 
 
 def load_config(cls: type, path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Any:
-    """defaults ← YAML file ← `key=value` overrides, validated; returns an instance of `cls`."""
+    """defaults ← YAML file ← `key=value` overrides, key- and type-checked; returns an instance of `cls`.
+    (Checks across fields are the schema's own `validate()`.)"""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -110,6 +111,17 @@ def save_config(obj: Any, path: str | os.PathLike) -> Path:
         f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees (dataclasses or dicts)."""
+    a, b = to_dict(old), to_dict(new)
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix]
+    out = []
+    for k in sorted(set(a) | set(b)):
+        out += changed_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+    return out
 
 
 def _is_section(cls: type, keys: list[str]) -> bool:

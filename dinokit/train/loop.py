@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import PretrainConfig, save_config, to_dict
+from ..config import PretrainConfig, changed_keys, save_config, to_dict
 from ..data.stream import SSLStream
 from ..errors import UserError
 from ..models import save_backbone
@@ -192,7 +192,8 @@ def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, re
         next_batch = math.ceil(seen / (cfg.train.batch_size * info.world_size))
         torch.manual_seed(cfg.seed + info.rank + 7919 * step)
     if info.is_main:
-        log.info("resuming from %s (step %d)", path, step)
+        changed = ", ".join(k for k in changed_keys(state["config"], cfg) if k != "output_dir")
+        log.info("resuming from %s (step %d)%s", path, step, f"; changed settings: {changed}" if changed else "")
     return step, next_batch
 
 
