@@ -38,21 +38,27 @@ def _all_reduce(x: torch.Tensor, op=None) -> torch.Tensor:
 def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iterations: int = 3) -> torch.Tensor:
     """Balanced soft assignments of N samples to K prototypes: logits `[N, K]` → probabilities `[N, K]`.
 
-    Each row of the result sums to 1; over all ranks each prototype receives about the same total mass."""
+    Each row of the result sums to 1; over all ranks each prototype receives about the same total mass.
+    The normalisations are kept as a row and a column scaling of `E = exp(t / τ)` (two matrix-vector products
+    per iteration instead of rescaling the whole `[N, K]` matrix four times), which is the same sequence of
+    normalisations as the released code: `Q = diag(r) · E · diag(c)`."""
     logits = teacher_logits.float()  # [N, K]
     N, K = logits.shape
     peak = logits.max() if logits.numel() else logits.new_tensor(-torch.inf)
     peak = _all_reduce(peak.clone(), dist.ReduceOp.MAX if _distributed() else None).clamp_min(-1e30)
-    Q = logits.sub(peak).div_(temp).exp_()  # [N, K] = exp(t / τ) up to a factor that cancels below
-    total_rows = _all_reduce(torch.tensor(float(N), device=Q.device))
-    Q /= _all_reduce(Q.sum())
-    tiny = torch.finfo(Q.dtype).tiny
+    E = logits.sub(peak).div_(temp).exp_()  # [N, K] = exp(t / τ) up to a factor that cancels below
+    total_rows = _all_reduce(torch.tensor(float(N), device=E.device))
+    tiny = torch.finfo(E.dtype).tiny
+    r = E.new_ones(N)  # [N] row scaling (the released code's initial division by the total cancels out)
     for it in range(n_iterations):
-        prototype_mass = _all_reduce(Q.sum(dim=0, keepdim=True)).clamp_min_(tiny)  # [1, K] → each gets 1/K
-        Q /= prototype_mass * K
-        sample_mass = Q.sum(dim=1, keepdim=True).clamp_min_(tiny)  # [N, 1] → each gets 1/B, then ×B at the end
-        Q /= sample_mass if it == n_iterations - 1 else sample_mass * total_rows
-    return Q
+        prototype_mass = _all_reduce(r @ E)  # [K] Σ_n r_n E_nk over all ranks
+        c = 1.0 / (K * prototype_mass.clamp_min_(tiny))  # each prototype gets mass 1/K
+        sample_mass = (E @ c).clamp_min_(tiny)  # [N]
+        r = 1.0 / (sample_mass if it == n_iterations - 1 else total_rows * sample_mass)  # 1/B each, ×B at the end
+    if n_iterations == 0:
+        c = 1.0 / _all_reduce(E.sum()).clamp_min_(tiny) * total_rows
+        return E.mul_(c)
+    return E.mul_(r.unsqueeze(1)).mul_(c)  # [N, K]
 
 
 class SoftmaxCentering(nn.Module):
