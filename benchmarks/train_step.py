@@ -72,7 +72,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from dinokit.train.build import keep_freed_memory
     from dinokit.train.loop import train_step
+
+    keep_freed_memory()  # as `dinokit train` does on CPU
 
     with tempfile.TemporaryDirectory() as tmp:
         parts, batch = make_parts(Path(tmp))
@@ -86,9 +89,9 @@ def main() -> None:
         train_step(meta, opt, [batch], step, 3.0, contextlib.nullcontext(), torch.device("cpu"))
         times.append(time.perf_counter() - t0)
     timed = times[1:]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.breakdown:
         breakdown(meta, opt, batch)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     med = statistics.median(timed)
     print(f"{torch.get_num_threads()} threads; {n_masked} masked patches; step times (s): "
           + ", ".join(f"{t:.2f}" for t in timed) + f"; min {min(timed):.2f}, median {med:.2f}")  # fmt: skip

@@ -115,6 +115,12 @@ def _train(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    import torch
+
+    if not torch.cuda.is_available():
+        from .train.build import keep_freed_memory
+
+        keep_freed_memory()
     try:
         run = train(cfg, resume=args.resume)
     finally:

@@ -117,6 +117,25 @@ def build(cfg: PretrainConfig, dist_info: DistInfo) -> Parts:
     return Parts(meta, optimizer, schedules, stream_args, global_batch)
 
 
+def keep_freed_memory() -> bool:
+    """CPU training: ask glibc to keep freed memory for reuse instead of returning large blocks to the system.
+
+    Every step allocates the same activations again; with glibc's defaults each large tensor is a fresh `mmap`
+    whose pages fault in one by one (about a third of the time of an elementwise op on a 70 MB tensor). With
+    mmap off and trimming off the same memory is reused: the CPU benchmark step is ~10 % faster at the same peak
+    memory. Process-wide; `dinokit train` calls it on CPU-only machines. Returns whether it applied."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def data_iterator(stream: SSLStream, num_workers: int, pin_memory: bool):
     """Batches of `stream` in order, produced by `num_workers` processes (0: in this process)."""
     if num_workers == 0:
