@@ -105,8 +105,10 @@ def main() -> None:
     heldout = ImageList.from_source(out / "heldout")
     torch.manual_seed(cfg.seed)  # the initialisation the run starts from (train() seeds the same way)
     acc_random = knn_accuracy(build_backbone(cfg), heldout, cfg.crops.global_size)
+    from dinokit.train.build import keep_freed_memory
     from dinokit.train.loop import train
 
+    keep_freed_memory()  # as `dinokit train` does on CPU
     t0 = time.perf_counter()
     run = train(cfg)
     minutes = (time.perf_counter() - t0) / 60
