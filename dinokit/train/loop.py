@@ -82,7 +82,7 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
                     runlog.message(warning)
             stopping = D.any_rank(torch.tensor(stop.requested, device=info.device))
             if done == cfg.train.steps or stopping or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
-                _save(cfg, run, parts, monitor, info, done)
+                _save(cfg, run, parts, monitor, info, done, next_batch + (done - start) * cfg.train.grad_accumulation)
             if stopping:
                 runlog.message(f"stopped at step {done}; run the same command again to resume")
                 break
@@ -146,7 +146,8 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def _save(cfg: PretrainConfig, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, step: int) -> None:
+def _save(cfg: PretrainConfig, run: Path, parts, monitor, info: D.DistInfo, step: int, next_batch: int) -> None:
+    """A consolidated checkpoint after `step` steps; `next_batch`: the first unseen batch of each rank's stream."""
     meta = parts.meta
     rngs = D.gather_objects(rng_state())
     if info.is_main:
@@ -157,7 +158,7 @@ def _save(cfg: PretrainConfig, run: Path, parts, monitor: HealthMonitor, info: D
             "terms": meta.terms.state_dict(),
             "optimizer": parts.optimizer.state_dict(),
             "monitor": monitor.state_dict(),
-            "data": {"next_batch": step * cfg.train.grad_accumulation, "batch_size": cfg.train.batch_size},
+            "data": {"next_batch": next_batch, "batch_size": cfg.train.batch_size},
             "rng": rngs,
             "world_size": info.world_size,
             "config": to_dict(cfg),

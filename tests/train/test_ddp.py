@@ -141,5 +141,8 @@ def test_a_two_process_run_resumes_on_one_process(image_folder, tmp_path):
     assert state["step"] == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
     train(load_config(PretrainConfig, TINY_CPU, [*overrides, "train.steps=3"]))  # one process continues
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
-    assert torch.load(checkpoint_files(tmp_path / "checkpoints")[-1], weights_only=True)["world_size"] == 1
+    resumed = torch.load(checkpoint_files(tmp_path / "checkpoints")[-1], weights_only=True)
+    assert resumed["world_size"] == 1
+    # 2 ranks × 2 images × 2 steps = 8 images seen → the single process continued at its batch 4 (of 2 images)
+    assert resumed["data"]["next_batch"] == 5
     assert (tmp_path / "teacher_backbone" / "model.safetensors").is_file()
