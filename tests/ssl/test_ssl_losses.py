@@ -1,5 +1,10 @@
 """The functional losses and targets: parity with the released modules (golden numbers), hand-computed cases
-and defining properties."""
+and defining properties.
+
+`tests/golden/ssl_losses.pt` holds small random inputs and the outputs of the released DINOv2 / DINOv3 loss
+modules on them (`DINOLoss` with centering and Sinkhorn-Knopp, the DINOv3 `[S, B, K]` DINO loss with and
+without the diagonal, `iBOTPatchLoss.forward_masked` and its centring, `KoLeoLoss`), computed once outside this
+repository from a transcription of those modules; dinokit's code is not involved in producing them."""
 
 import math
 from pathlib import Path
