@@ -31,17 +31,15 @@ class Batch:
     def batch_size(self) -> int:
         return self.global_crops.shape[0] // self.n_global_crops
 
+    def _map(self, fn) -> Batch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: fn(v) if torch.is_tensor(v) else v for k, v in values.items()})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        moved = {
-            f.name: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v)
-            for f in fields(self)
-            for v in [getattr(self, f.name)]
-        }
-        return Batch(**moved)
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
-        return Batch(**{f.name: (v.pin_memory() if torch.is_tensor(v) else v) for f in fields(self)
-                        for v in [getattr(self, f.name)]})  # fmt: skip
+        return self._map(lambda t: t.pin_memory())
 
 
 def make_masks(
