@@ -79,3 +79,9 @@ def test_cli_reports_config_errors_with_status_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown key(s) 'stepz'" in err and "Traceback" not in err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_cli_reports_a_missing_data_folder_with_status_2(tmp_path, capsys):
+    argv = ["train", str(PRESETS / "tiny_cpu.yaml"), f"data.path={tmp_path / 'nope'}", f"output_dir={tmp_path}"]
+    assert main(argv) == 2
+    assert "no such file or folder" in capsys.readouterr().err

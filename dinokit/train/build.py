@@ -71,6 +71,7 @@ def enable_activation_checkpointing(backbone: nn.Module) -> None:
 
 
 def build(cfg: PretrainConfig, dist_info: DistInfo) -> Parts:
+    source = open_source(cfg.data.path, cfg.seed)  # a missing or empty data.path fails before any model is built
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = build_backbone(cfg)
     student = build_ssl_model(backbone, cfg.model, cfg.losses)
@@ -100,7 +101,7 @@ def build(cfg: PretrainConfig, dist_info: DistInfo) -> Parts:
         max_block = m.max_block_fraction * grid[0] * grid[1]
         mask_generator = BlockMaskGenerator(grid, m.min_block_patches, max_block, m.min_aspect, m.style == "dinov3")
     stream_args = dict(
-        source=open_source(cfg.data.path, cfg.seed),
+        source=source,
         views=MultiCrop.from_config(cfg.crops, cfg.data),
         mask_generator=mask_generator,
         masking=cfg.masking,
