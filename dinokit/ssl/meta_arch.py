@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data.collate import Batch
+from ..models.heads import DINOHead
 from .losses import DinoTerm, IbotTerm, KoleoTerm
 from .model import SSLModel
 from .schedules import Schedules
@@ -28,7 +29,7 @@ class SSLMetaArch(nn.Module):
         self.teacher = teacher
         self.terms = nn.ModuleDict(terms)
         self.schedules = schedules
-        self.student_forward: nn.Module = student  # replaced by the DDP / compiled wrapper when there is one
+        self.student_forward: nn.Module = student  # the DDP wrapper of the student in multi-process runs
 
     @property
     def teachers(self) -> list[nn.Module]:
@@ -77,7 +78,6 @@ def build_terms(losses, teacher_cfg, dino_k: int, ibot_k: int) -> dict[str, nn.M
 
 def build_ssl_model(backbone: nn.Module, model_cfg, losses) -> SSLModel:
     """Backbone + heads for the enabled terms (`model` and `losses` config sections)."""
-    from ..models.heads import DINOHead
 
     def head(c):
         return DINOHead(backbone.embed_dim, c.n_prototypes, c.hidden_dim, c.bottleneck_dim, c.nlayers, c.last_layer)
