@@ -32,6 +32,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import UserError
+from .models.weights import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ConfigError(UserError):
@@ -289,9 +290,6 @@ def _convert_dataclass(cls: type, value: Any, where: str) -> Any:
 
 # ================================================================================================ schema
 # Units: every length is in optimiser steps (the released recipes count 1250 steps per "epoch").
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 @dataclass
 class DataConfig:
