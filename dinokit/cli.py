@@ -7,6 +7,7 @@ their traceback. Each verb is one `_add_<verb>` function registering its parser 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -250,6 +251,42 @@ def _demo(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="self-supervised pretraining (DINOv2 recipe): dinokit train CONFIG.yaml [key=value ...] [--resume]",
+        description="Train a backbone with DINO + iBOT + KoLeo and an EMA teacher. Settings come from the YAML "
+        "file, overridden by key=value pairs (e.g. data.path=photos/ train.steps=1000). A run folder with "
+        "checkpoints resumes automatically; use torchrun for several devices.",
+    )
+    p.add_argument("config", help="a YAML preset, e.g. configs/pretrain/tiny_cpu.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (values parsed as YAML)")
+    p.add_argument("--resume", action="store_true", help="require resuming from a checkpoint in output_dir")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    import logging
+
+    from .config import PretrainConfig, load_config
+    from .train import distributed
+    from .train.loop import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    import torch
+
+    if not torch.cuda.is_available():
+        from .train.build import keep_freed_memory
+
+        keep_freed_memory()
+    try:
+        run = train(cfg, resume=args.resume)
+    finally:
+        distributed.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {run} (teacher backbone: {run / 'teacher_backbone'})")
 # ----------------------------------------------------------------------------------------------- extract
 def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="frozen features of images → shards + index (resumable)")
@@ -555,7 +592,7 @@ def _head_predict(args) -> int:
 # -------------------------------------------------------------------------------------------------- main
 VERBS = [_add_info, _add_convert, _add_demo]
 VERBS += [_add_extract, _add_export, _add_viz, _add_index, _add_prototypes, _add_head]
-VERBS += [_add_eval, _add_data]
+VERBS += [_add_train, _add_eval, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

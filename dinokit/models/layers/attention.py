@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import apply_linear, linear
 from .rope import apply_rope
 
 
@@ -30,7 +31,7 @@ class MaskedKeyBiasLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias * self.bias_mask.to(self.bias.dtype)
-        return F.linear(x, self.weight, bias)
+        return linear(x, self.weight, bias)
 
 
 class Attention(nn.Module):
@@ -46,7 +47,7 @@ class Attention(nn.Module):
 
     def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None):
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)  # [B, N, 3, H, d]
+        qkv = apply_linear(self.qkv, x).reshape(B, N, 3, self.num_heads, D // self.num_heads)  # [B, N, 3, H, d]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, d] each
         if rope is not None:
             sin, cos = rope
@@ -57,7 +58,7 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = self._qkv(x, rope)
         out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d]
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return apply_linear(self.proj, out.transpose(1, 2).reshape(B, N, D))
 
     def attention_map(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None

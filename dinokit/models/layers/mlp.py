@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import apply_linear
+
 
 def swiglu_hidden_dim(hidden: int, align: int = 8) -> int:
     """The released SwiGLU width for a nominal MLP width: 2/3 of it, rounded up to a multiple of `align`."""
@@ -29,7 +31,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return apply_linear(self.fc2, apply_linear(self.fc1, x, gelu=True))
 
 
 class SwiGLUPacked(nn.Module):
@@ -39,8 +41,8 @@ class SwiGLUPacked(nn.Module):
         self.w3 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.w12(x).chunk(2, dim=-1)  # [..., hidden] each
-        return self.w3(F.silu(x1) * x2)
+        x1, x2 = apply_linear(self.w12, x).chunk(2, dim=-1)  # [..., hidden] each
+        return apply_linear(self.w3, F.silu(x1) * x2)
 
 
 class SwiGLU(nn.Module):
@@ -51,7 +53,7 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+        return apply_linear(self.w3, F.silu(apply_linear(self.w1, x)) * apply_linear(self.w2, x))
 
 
 FFN_LAYERS: dict[str, type[nn.Module]] = {"mlp": Mlp, "swiglu": SwiGLU, "swiglu_packed": SwiGLUPacked}

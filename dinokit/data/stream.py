@@ -1,0 +1,175 @@
+"""The training data stream: an infinite, deterministic, resumable sequence of SSL batches for one rank.
+
+Order. Image folders and lists are read in a fresh random permutation per pass (seeded by `seed` and the pass
+number); the global stream is dealt to the ranks round-robin (rank r takes global positions r, r + world, …),
+so a batch of 2 ranks × 32 images holds the same images as a batch of 64 on one device. Tar shards are
+streamed sequentially: per pass the shards are shuffled and dealt to the ranks (or, with fewer shards than
+ranks, their samples are), and read member by member.
+
+Determinism. Batch `b` of a rank is a pure function of (seed, rank, world size, b): every sample's crops come
+from a random generator seeded by its stream position and the masks of a batch from one seeded by `b`. So the
+result does not depend on the number of data workers (worker w of W produces batches b ≡ w mod W, which the
+DataLoader interleaves back into order) and a resumed run continues with exactly the batches an uninterrupted
+one would have seen: `start_batch` is the index of the next unseen batch.
+
+Robustness. An unreadable file is replaced, for this batch, by another readable image of the same batch
+(augmented with the failed position's seed), logged once per worker and reported in `Batch.skipped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import UserError
+from .collate import Batch, collate_views, make_masks
+from .datasets import ImageList
+from .images import ImageDecodeError, decode_image
+from .shards import expand_shards, is_shard_source, iter_members, read_member
+
+log = logging.getLogger("dinokit.data")
+Loader = Callable[[], torch.Tensor]  # decodes one image → uint8 [3, H, W]
+
+
+class ImageSource:
+    """Random access to an `ImageList`, one seeded permutation per pass over the data."""
+
+    def __init__(self, images: ImageList, seed: int) -> None:
+        self.paths = images.paths
+        self.seed = seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _index(self, global_position: int) -> int:
+        epoch, offset = divmod(global_position, len(self.paths))
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.paths)))
+        return int(self._perm[1][offset])
+
+    def items(self, positions: list[int], rank: int, world: int) -> Iterator[tuple[int, str, Loader]]:
+        """`(seed key, name, loader)` for the rank-stream positions asked for (increasing)."""
+        for p in positions:
+            g = p * world + rank
+            path = self.paths[self._index(g)]
+            yield g, str(path), (lambda path=path: decode_image(path))
+
+
+class ShardSource:
+    """Sequential reading of tar shards. A worker keeps its place in the stream between batches, so reading
+    batch after batch costs one pass (and skipping to a resumed position one pass over the headers)."""
+
+    def __init__(self, shards: list[Path], seed: int) -> None:
+        self.shards, self.seed = shards, seed
+        self._cursor: tuple[tuple[int, int], Iterator, int] | None = None  # ((rank, world), stream, next position)
+
+    def _rank_stream(self, rank: int, world: int) -> Iterator[tuple[str, object, object]]:
+        epoch = 0
+        while True:
+            order = list(self.shards)
+            random.Random(f"{self.seed}:shards:{epoch}").shuffle(order)
+            dealt = len(order) >= world
+            n_seen = 0
+            for shard in order[rank::world] if dealt else order:
+                for i, (name, tar, member) in enumerate(iter_members(shard)):
+                    n_seen += 1
+                    if dealt or i % world == rank:
+                        yield name, tar, member
+            if n_seen == 0:
+                raise UserError(f"the tar shards hold no image files ({', '.join(map(str, self.shards[:3]))} …)")
+            epoch += 1
+
+    def items(self, positions: list[int], rank: int, world: int) -> Iterator[tuple[int, str, Loader]]:
+        if self._cursor is None or self._cursor[0] != (rank, world) or self._cursor[2] > positions[0]:
+            self._cursor = ((rank, world), self._rank_stream(rank, world), 0)
+        key, stream, p = self._cursor
+        wanted = set(positions)
+        for name, tar, member in stream:
+            p += 1
+            if p - 1 in wanted:
+                data = read_member(tar, member)
+                yield (p - 1) * world + rank, name, (lambda data=data: decode_image(data))
+                if p - 1 == positions[-1]:
+                    break
+        self._cursor = (key, stream, p)
+
+
+def open_source(path: str, seed: int) -> ImageSource | ShardSource:
+    """The data source named by `data.path`: tar shards, an image folder, or a .txt/.csv list."""
+    if is_shard_source(path):
+        return ShardSource(expand_shards(path), seed)
+    return ImageSource(ImageList.from_source(path), seed)
+
+
+class SSLStream(IterableDataset):
+    """Batches `start_batch, start_batch + 1, …` of one rank's stream (forever)."""
+
+    def __init__(
+        self,
+        source: ImageSource | ShardSource,
+        views: Callable,  # (uint8 image, random.Random) → (global crops, local crops)
+        mask_generator,  # BlockMaskGenerator or None (no iBOT)
+        masking,  # the `masking` config section
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        self.source, self.views, self.mask_generator, self.masking = source, views, mask_generator, masking
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
+        self.start_batch = start_batch
+        self._logged: set[str] = set()
+
+    def batch(self, b: int) -> Batch:
+        """Batch `b` of this rank's stream (random access; used by tests and the single-process path)."""
+        return next(self._batches([b]))
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        w, W = (info.id, info.num_workers) if info is not None else (0, 1)
+
+        def mine():
+            b = self.start_batch + w
+            while True:
+                yield b
+                b += W
+
+        return self._batches(mine())
+
+    def _batches(self, batch_indices) -> Iterator[Batch]:
+        bs = self.batch_size
+        for b in batch_indices:
+            positions = list(range(b * bs, (b + 1) * bs))
+            yield self._make_batch(b, list(self.source.items(positions, self.rank, self.world)))
+
+    def _make_batch(self, b: int, items: list[tuple[int, str, Loader]]) -> Batch:
+        images, failed = {}, []
+        for key, name, load in items:
+            try:
+                images[key] = load()
+            except ImageDecodeError as e:
+                failed.append(name)
+                if name not in self._logged:
+                    self._logged.add(name)
+                    log.warning("skipping unreadable image: %s", e)
+        if not images:
+            raise UserError(f"no readable image in batch {b} of the stream (e.g. {failed[0]})")
+        readable = list(images.values())
+        views = []
+        for i, (key, _, _) in enumerate(items):
+            img = images.get(key, readable[i % len(readable)])  # an unreadable file: reuse a readable image
+            views.append(self.views(img, random.Random(f"{self.seed}:{key}")))
+        m = self.masking
+        masks = make_masks(
+            len(views) * 2, self.mask_generator, random.Random(f"{self.seed}:masks:{self.rank}:{b}"),
+            m.sample_probability, m.ratio_min_max, exact_upper=m.style == "dinov3",
+        )  # fmt: skip
+        return collate_views(views, masks, index=b, skipped=failed)

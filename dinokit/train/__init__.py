@@ -1,0 +1,1 @@
+"""Training: the loop and its infrastructure (optimiser groups, checkpoints, distributed, logging, health)."""

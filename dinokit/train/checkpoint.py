@@ -1,0 +1,83 @@
+"""Training checkpoints: one consolidated file per save, written atomically, the newest `keep` kept.
+
+A checkpoint is a plain dict of tensors, numbers and strings (it loads with `torch.load(weights_only=True)` on
+any world size): `step` (optimiser steps done), `student`, `teacher` (backbone + heads: `load_backbone` reads
+the teacher backbone from it), `terms` (target centres), `optimizer`, `data` (the next batch of each rank's
+stream), `rng` (every rank's generators), `config` and `world_size`.
+
+Files are `checkpoints/step_00001000.pt`; a save goes to a hidden temporary file that is renamed into place,
+so a crash mid-save never leaves a partial checkpoint under a real name. Resuming takes the newest file that
+loads; a damaged one is reported and the next older is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("dinokit.train")
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(directory: Path, step: int, state: dict, keep: int = 3) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step_{step:08d}.pt"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    for old in checkpoint_files(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(directory: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads, or None when there is none."""
+    for path in reversed(checkpoint_files(directory)):
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file: fall back to the previous one
+            log.warning("checkpoint %s cannot be read (%s); trying an older one", path, e)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- RNG states
+def rng_state() -> dict:
+    """This process's random generators, in a form `weights_only` loading accepts."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

@@ -1,0 +1,84 @@
+"""What a run reports: a tqdm progress bar (loss terms, LR, images/s, ETA), `metrics.jsonl` (one JSON object per
+logged step with `step` and every loss term and metric) and, when `tensorboard` is installed, TensorBoard
+event files in `tensorboard/`. Only rank 0 writes.
+
+Resuming truncates `metrics.jsonl` to the steps the checkpoint had completed, so the file never holds the same
+step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+SHOWN = ("loss", "dino", "ibot", "koleo")  # in the progress bar, besides lr and images/s
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, images_per_step: int, enabled: bool = True):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.images_per_step = images_per_step
+        self._last = (time.perf_counter(), start_step)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not enabled,
+                        dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+        self.tb = None
+        if enabled:
+            _truncate(self.path, start_step)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
+            except ImportError:
+                pass
+
+    def step_done(self) -> None:
+        self.bar.update(1)
+
+    def write(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Log the metrics of (completed) step `step`; adds throughput. Returns what was written."""
+        now = time.perf_counter()
+        t0, s0 = self._last
+        self._last = (now, step)
+        if step > s0:
+            metrics = {**metrics, "images_per_s": self.images_per_step * (step - s0) / (now - t0)}
+        if not self.enabled:
+            return metrics
+        record = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k.replace("weight/", "weight_"), v, step)
+        shown = {k: f"{metrics[k]:.4g}" for k in SHOWN if k in metrics}
+        shown["lr"] = f"{metrics.get('lr', 0.0):.2e}"
+        if "images_per_s" in metrics:
+            shown["img/s"] = f"{metrics['images_per_s']:.1f}"
+        self.bar.set_postfix(shown, refresh=False)
+        return metrics
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _truncate(path: Path, start_step: int) -> None:
+    """Drop records of steps after `start_step` (written before a crash, redone after resuming)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a `metrics.jsonl`."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

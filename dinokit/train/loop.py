@@ -1,0 +1,224 @@
+"""`dinokit train`: the self-supervised training loop (DINOv2 recipe; DINOv3 stages are configuration).
+
+Per step: schedules → forward (teacher, student, loss terms; bf16 autocast on GPU) → backward (gradient
+accumulation over micro-batches, DDP all-reduce on the last) → per-module clipping → optimiser step →
+`teacher.on_step_end(step)` → log → evaluation callback → checkpoint. A non-finite step is skipped (see
+`monitor.py`); SIGTERM / Ctrl-C save a checkpoint at the next step boundary and stop.
+
+Run folder: `config.yaml` (resolved), `metrics.jsonl`, `checkpoints/`, `tensorboard/`, and at the end
+`teacher_backbone/` (dinokit format) and `teacher_backbone_official.pth` (the released layout).
+
+Evaluation hook: `train(cfg, eval_fn=f)` calls `f(teacher_backbone, step) -> {name: value}` every `eval.every`
+steps on every rank (the backbone is in eval mode; the function may use torch.distributed) and logs the returned
+numbers with the step's metrics (rank 0). It runs before the step's checkpoint, so a resumed run reproduces
+any use it makes of the random generators.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import PretrainConfig, changed_keys, save_config, to_dict
+from ..data.stream import SSLStream
+from ..errors import UserError
+from ..models import save_backbone
+from . import distributed as D
+from .build import build, data_iterator
+from .checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
+from .logging import RunLog
+from .monitor import HealthMonitor
+from .optim import apply_schedules, clip_gradients
+
+log = logging.getLogger("dinokit.train")
+EvalFn = Callable[[nn.Module, int], dict[str, float]]
+
+
+def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = None) -> Path:
+    """Train (or continue training) as configured; returns the run folder."""
+    cfg.validate()
+    info = D.init_distributed()
+    run = Path(cfg.output_dir)
+    if info.is_main:
+        save_config(cfg, run / "config.yaml")
+    parts = build(cfg, info)
+    meta = parts.meta
+    monitor = HealthMonitor(cfg.monitor.max_bad_steps, cfg.monitor.min_target_entropy, cfg.monitor.min_feature_std,
+                            check_after=cfg.optim.warmup_steps)  # fmt: skip
+    start, next_batch = _restore(cfg, run, parts, monitor, info, resume)
+    if info.world_size > 1:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        meta.student_forward = DistributedDataParallel(meta.student, device_ids=device_ids, broadcast_buffers=False)
+    stream = SSLStream(**parts.stream_args, start_batch=next_batch)
+    batches = data_iterator(stream, cfg.data.num_workers, pin_memory=info.device.type == "cuda")
+    autocast = _autocast(cfg.train.precision, info.device)
+    runlog = RunLog(run, cfg.train.steps, start, parts.global_batch, enabled=info.is_main)
+    skipped_files: Counter[str] = Counter()
+    meta.train()
+    with _graceful_stop() as stop:
+        for step in range(start, cfg.train.steps):
+            micro = [next(batches) for _ in range(cfg.train.grad_accumulation)]
+            skipped_files.update(name for b in micro for name in b.skipped)
+            result = train_step(meta, parts.optimizer, micro, step, cfg.optim.clip_grad, autocast, info.device)
+            monitor.step_is_bad(result.bad, step, result.floats)
+            done = step + 1
+            runlog.step_done()
+            evaluated = {}
+            if eval_fn is not None and cfg.eval.every and done % cfg.eval.every == 0:
+                evaluated = eval_fn(meta.teacher.model.backbone, done)
+            if evaluated or done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                logged = runlog.write(done, {**result.reduced(), **evaluated, "skipped_steps": monitor.skipped_steps})
+                for warning in monitor.collapse_warnings(done, logged):
+                    runlog.message(warning)
+            stopping = D.any_rank(torch.tensor(stop.requested, device=info.device))
+            if done == cfg.train.steps or stopping or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
+                _save(cfg, run, parts, monitor, info, done, next_batch + (done - start) * cfg.train.grad_accumulation)
+            if stopping:
+                runlog.message(f"stopped at step {done}; run the same command again to resume")
+                break
+    runlog.close()
+    if skipped_files and info.is_main:
+        log.warning("%d unreadable file(s) skipped, %d times in all", len(skipped_files), skipped_files.total())
+    if info.is_main and not stop.requested:
+        save_backbone(meta.teacher.model.backbone, run / "teacher_backbone", format="dinokit")
+        save_backbone(meta.teacher.model.backbone, run / "teacher_backbone_official.pth", format="official")
+    D.barrier()
+    if stop.requested:
+        raise KeyboardInterrupt
+    return run
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, torch.Tensor]  # this rank's losses and metrics
+    norms: dict[str, torch.Tensor]  # gradient norm per sub-module, before clipping
+    values: dict[str, float]  # the schedules at this step
+    bad: bool  # non-finite on some rank: the step was skipped
+
+    def floats(self) -> dict[str, float]:
+        return {**{k: float(v) for k, v in self.metrics.items()}, **self.values}
+
+    def reduced(self) -> dict[str, float]:
+        """Metrics averaged over ranks (a collective: every rank must call it), with the schedule values."""
+        grads = {f"grad_norm/{k}": n for k, n in self.norms.items()}
+        return {**D.mean_over_ranks({**self.metrics, **grads}), **self.values}
+
+
+def train_step(meta, optimizer, micro_batches: list, step: int, clip_grad, autocast, device) -> StepResult:
+    """One optimiser step over the micro-batches: forward / backward each (DDP gradient sync on the last),
+    clip, and — unless a loss or gradient is non-finite on some rank — optimiser step and teacher updates."""
+    values = meta.schedules(step)
+    apply_schedules(optimizer, values)
+    optimizer.zero_grad(set_to_none=True)
+    ddp = meta.student_forward if isinstance(meta.student_forward, DistributedDataParallel) else None
+    n = len(micro_batches)
+    losses, metrics = [], {}
+    for i, batch in enumerate(micro_batches):
+        with ddp.no_sync() if ddp is not None and i < n - 1 else contextlib.nullcontext():
+            with autocast:
+                loss, batch_metrics = meta(batch.to(device, non_blocking=True), step)
+            (loss / n).backward()
+        losses.append(loss.detach())
+        for k, v in batch_metrics.items():  # the step's metrics: the mean over its micro-batches
+            metrics[k] = metrics.get(k, 0.0) + v.float() / n
+    norms = clip_gradients(optimizer, clip_grad)
+    checked = torch.stack([*losses, *(x.float().reshape(()) for x in norms.values())])
+    bad = D.any_rank(~torch.isfinite(checked).all())  # one synchronisation per step
+    if not bad:
+        optimizer.step()
+        for teacher in meta.teachers:
+            teacher.on_step_end(step)
+    return StepResult(metrics, norms, values, bad)
+
+
+def _autocast(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _save(cfg: PretrainConfig, run: Path, parts, monitor, info: D.DistInfo, step: int, next_batch: int) -> None:
+    """A consolidated checkpoint after `step` steps; `next_batch`: the first unseen batch of each rank's stream."""
+    meta = parts.meta
+    rngs = D.gather_objects(rng_state())
+    if info.is_main:
+        state = {
+            "step": step,
+            "student": meta.student.state_dict(),
+            "teacher": meta.teacher.model.state_dict(),
+            "terms": meta.terms.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "monitor": monitor.state_dict(),
+            "data": {"next_batch": next_batch, "batch_size": cfg.train.batch_size},
+            "rng": rngs,
+            "world_size": info.world_size,
+            "config": to_dict(cfg),
+        }
+        save_checkpoint(run / "checkpoints", step, state, cfg.checkpoint.keep)
+    D.barrier()
+
+
+def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, resume: bool) -> tuple[int, int]:
+    """Continue from the newest checkpoint of the run folder (if any): (first step, first batch of the stream)."""
+    found = load_latest(run / "checkpoints")
+    if found is None:
+        if resume:
+            raise UserError(f"--resume: no checkpoint in {run / 'checkpoints'}")
+        torch.manual_seed(cfg.seed + info.rank)  # training randomness (drop-path, RoPE jitter) differs per rank
+        return 0, 0
+    path, state = found
+    meta = parts.meta
+    meta.student.load_state_dict(state["student"])
+    meta.teacher.model.load_state_dict(state["teacher"])
+    meta.terms.load_state_dict(state["terms"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    monitor.load_state_dict(state["monitor"])
+    step = state["step"]
+    data = state["data"]
+    same_layout = state["world_size"] == info.world_size and data["batch_size"] == cfg.train.batch_size
+    if same_layout:
+        next_batch = data["next_batch"]
+        set_rng_state(state["rng"][info.rank])
+    else:  # another world size or batch size: continue after the images already seen (not bit-exact)
+        seen = data["next_batch"] * data["batch_size"] * state["world_size"]
+        next_batch = math.ceil(seen / (cfg.train.batch_size * info.world_size))
+        torch.manual_seed(cfg.seed + info.rank + 7919 * step)
+    if info.is_main:
+        changed = ", ".join(k for k in changed_keys(state["config"], cfg) if k != "output_dir")
+        log.info("resuming from %s (step %d)%s", path, step, f"; changed settings: {changed}" if changed else "")
+    return step, next_batch
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """SIGTERM / SIGINT set a flag the loop checks between steps; a second SIGINT interrupts at once."""
+    flag = _StopFlag()
+    previous = {}
+
+    def handler(signum, frame):
+        flag.requested = True
+        signal.signal(signum, previous[signum])
+
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no signal handling
+        previous.clear()
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)

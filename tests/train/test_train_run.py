@@ -1,0 +1,147 @@
+"""Whole runs: the CLI on tiny_cpu.yaml, the run folder and its exports, exact resumption after a crash or a
+SIGTERM, skipped non-finite steps, continued pretraining from a checkpoint."""
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinokit.cli import main
+from dinokit.config import ConfigError
+from dinokit.models import load_backbone, save_backbone
+from dinokit.models.factory import create_backbone
+from dinokit.train.build import build, build_backbone
+from dinokit.train.checkpoint import checkpoint_files
+from dinokit.train.distributed import DistInfo
+from dinokit.train.logging import read_metrics
+from dinokit.train.loop import train, train_step
+from dinokit.train.monitor import HealthMonitor, TrainingDiverged
+
+TINY_CPU = Path(__file__).parents[2] / "configs" / "pretrain" / "tiny_cpu.yaml"
+
+
+def test_three_steps_of_tiny_cpu_through_the_cli(image_folder, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", str(TINY_CPU), f"data.path={image_folder}", f"output_dir={run}", "train.steps=3"]
+    assert main([*argv, "train.log_every=1"]) == 0
+    assert (run / "config.yaml").is_file() and (run / "tensorboard").is_dir()
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all({"loss", "dino", "ibot", "koleo", "lr", "teacher_temp"} <= set(r) for r in records)
+    [ckpt] = checkpoint_files(run / "checkpoints")
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 3
+    exported = load_backbone(run / "teacher_backbone")
+    official = torch.load(run / "teacher_backbone_official.pth", weights_only=True)
+    assert "storage_tokens" in official and "register_tokens" not in official  # the released DINOv3 layout
+    from_ckpt = load_backbone(ckpt)  # a training checkpoint is itself a source load_backbone reads
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, state["teacher"][f"backbone.{name}"])
+        assert torch.equal(value, from_ckpt.state_dict()[name])
+    assert torch.equal(load_backbone(run / "teacher_backbone_official.pth").cls_token, exported.cls_token)
+
+
+def _final_state(run):
+    state = torch.load(checkpoint_files(run / "checkpoints")[-1], weights_only=True)
+    records = [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(run / "metrics.jsonl")]
+    return state, records
+
+
+def _assert_same_run(a, b):
+    (sa, ra), (sb, rb) = a, b
+    assert sa["step"] == sb["step"]
+    for key in ("student", "teacher", "terms"):
+        for name, value in sa[key].items():
+            assert torch.equal(value, sb[key][name]), f"{key}.{name} differs"
+    for i, group in sa["optimizer"]["state"].items():
+        for name, value in group.items():
+            assert torch.equal(value, sb["optimizer"]["state"][i][name])
+    assert ra == rb  # every logged loss and metric, bit for bit
+
+
+def test_resume_after_a_crash_is_bit_exact(tiny_cfg, tmp_path):
+    overrides = ["train.steps=6", "checkpoint.every=2", "eval.every=3", "data.num_workers=2"]
+    overrides.append("train.grad_accumulation=2")  # data position = steps × micro-batches
+    reference = tiny_cfg(*overrides, f"output_dir={tmp_path / 'a'}")
+    train(reference, eval_fn=lambda backbone, step: {})
+
+    crashed = tiny_cfg(*overrides, f"output_dir={tmp_path / 'b'}")
+
+    def crash_at_3(backbone, step):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+        return {}
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashed, eval_fn=crash_at_3)
+    assert [p.name for p in checkpoint_files(tmp_path / "b" / "checkpoints")] == ["step_00000002.pt"]
+    train(crashed, resume=True, eval_fn=lambda backbone, step: {})
+    _assert_same_run(_final_state(tmp_path / "a"), _final_state(tmp_path / "b"))
+    kept = [p.name for p in checkpoint_files(tmp_path / "b" / "checkpoints")]
+    assert kept == ["step_00000004.pt", "step_00000006.pt"]  # keep-last-2 (tiny_cpu.yaml)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tiny_cfg, tmp_path):
+    reference = tiny_cfg("train.steps=4", f"output_dir={tmp_path / 'a'}")
+    train(reference)
+    stopped = tiny_cfg("train.steps=4", "eval.every=1", f"output_dir={tmp_path / 'b'}")
+
+    def preempt_at_2(backbone, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"eval/called": float(step)}
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, eval_fn=preempt_at_2)
+    assert [p.name for p in checkpoint_files(tmp_path / "b" / "checkpoints")] == ["step_00000002.pt"]
+    assert not (tmp_path / "b" / "teacher_backbone").exists()
+    train(tiny_cfg("train.steps=4", f"output_dir={tmp_path / 'b'}"))  # automatic resume from the run folder
+    a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    b[1][:] = [{k: v for k, v in r.items() if k != "eval/called"} for r in b[1]]
+    _assert_same_run(a, b)
+
+
+def test_non_finite_steps_are_skipped_and_too_many_abort(tiny_cfg):
+    cfg = tiny_cfg("losses.koleo.weight=.nan")
+    parts = build(cfg, DistInfo())
+    from dinokit.data.stream import SSLStream
+
+    batch = SSLStream(**parts.stream_args).batch(0)
+    parts.meta.train()
+    before = [p.clone() for p in parts.meta.parameters()]
+    result = train_step(parts.meta, parts.optimizer, [batch], 3, 3.0, contextlib.nullcontext(), torch.device("cpu"))
+    assert result.bad
+    assert all(torch.equal(a, b) for a, b in zip(before, parts.meta.parameters()))  # nothing changed
+    monitor = HealthMonitor(max_bad_steps=2)
+    assert monitor.step_is_bad(True, 0, dict) and not monitor.step_is_bad(False, 1, dict)
+    monitor.step_is_bad(True, 2, dict)
+    with pytest.raises(TrainingDiverged, match="2 consecutive steps.*loss=nan"):
+        monitor.step_is_bad(True, 3, lambda: {"loss": float("nan")})
+    with pytest.raises(TrainingDiverged):
+        train(tiny_cfg("losses.koleo.weight=.nan", "monitor.max_bad_steps=2", "train.steps=5"))
+
+
+def test_collapse_warnings_after_the_warmup_only():
+    monitor = HealthMonitor(min_target_entropy=0.5, min_feature_std=1e-3, check_after=10)
+    collapsed = {"target_entropy": 0.1, "teacher_cls_std": 1e-5, "student_cls_std": 0.1}
+    assert monitor.collapse_warnings(5, collapsed) == []
+    warnings = monitor.collapse_warnings(20, collapsed)
+    assert len(warnings) == 2 and "target_entropy" in warnings[0] and "teacher_cls_std" in warnings[1]
+    assert monitor.collapse_warnings(21, collapsed) == []  # rate-limited
+
+
+def test_continued_pretraining_starts_from_a_checkpoint(tiny_cfg, tmp_path):
+    torch.manual_seed(5)
+    source = create_backbone("dinov3_test")
+    save_backbone(source, tmp_path / "pre.pth", format="official")
+    parts = build(tiny_cfg(f"init.backbone={tmp_path / 'pre.pth'}"), DistInfo())
+    for model in (parts.meta.student.backbone, parts.meta.teacher.model.backbone):
+        for name, value in source.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value)
+    assert parts.meta.student.backbone.config.rope_rescale == 2.0  # training options from the preset
+    save_backbone(create_backbone("dinov2_test"), tmp_path / "v2.pth", format="official")
+    with pytest.raises(ConfigError, match="different architecture"):
+        build_backbone(tiny_cfg(f"init.backbone={tmp_path / 'v2.pth'}"))
