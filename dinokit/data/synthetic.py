@@ -5,11 +5,13 @@ pairs, an Oxford/Paris-style retrieval list). `dinokit data synth OUT --seed S`;
 The world. A pinhole camera (focal length = image width) 1.6 m above a ground plane looks at a back wall 6–9.5 m
 away. Flat "cards" stand on the ground at random depths, each cut to a shape (disc, triangle, square, hexagon,
 blob) and painted with one of ten *materials*: binary patterns (stripes, bars, checker, dots, rings, grid,
-chevron, bricks, diamonds, blobs) in two random colours. Patterns are drawn in world units (≈ 4 cycles per
-metre, the material's characteristic scale), so a far card shows a finer pattern than a near one, and the
-ground's soft pattern gets finer towards the horizon: texture scale is a depth cue, as in real scenes.
+chevron, bricks, diamonds, blobs) in two muted colours (random grey levels, faint random tints: a saturated
+random colour pair is the cheapest cue for telling images apart, which a short self-supervised run learns
+first and which says nothing about the material; docs/training.md). Patterns are drawn in world units (≈ 4
+cycles per metre, the material's characteristic scale), so a far card shows a finer pattern than a near one,
+and the ground's soft pattern gets finer towards the horizon: texture scale is a depth cue, as in real scenes.
 
-Why a random network cannot solve it. Every colour is drawn independently of the class (two random colours per
+Why a random network cannot solve it. Every colour is drawn independently of the class (two grey levels per
 card that drift across it, swapped at random, pattern coverage 30–50 % for every material, per-image tint and
 noise), so colour statistics — which a randomly initialised ViT's features mostly encode (its patch embedding
 is a random linear map of the pixels) — say nothing about the material. Because colours drift across every
@@ -104,13 +106,18 @@ def _material(name: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator)
     raise ValueError(f"unknown material {name!r}")
 
 
+def _muted(rng: np.random.Generator, grey: float) -> np.ndarray:
+    """A colour of the given grey level with a faint random tint (±0.08 per channel)."""
+    return np.clip(grey + rng.uniform(-0.08, 0.08, 3), 0.0, 1.0)
+
+
 def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two random colours at least 0.35 apart in RGB, so every pattern is visible."""
-    c1 = rng.uniform(0.05, 0.95, 3)
+    """Two muted colours whose grey levels differ by at least 0.3, so every pattern is visible."""
+    g1 = rng.uniform(0.1, 0.9)
     while True:
-        c2 = rng.uniform(0.05, 0.95, 3)
-        if np.linalg.norm(c1 - c2) >= 0.35:
-            return (c1, c2) if rng.random() < 0.5 else (c2, c1)
+        g2 = rng.uniform(0.1, 0.9)
+        if abs(g1 - g2) >= 0.3:
+            return _muted(rng, g1), _muted(rng, g2)
 
 
 def _drifting_pair(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +186,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int, focal: float
     world_y = np.where(labels == GROUND, depth, (horizon - yy) * depth / focal + CAMERA_HEIGHT)
     image = np.empty((height, width, 3), np.float32)
     for cls, freq in ((GROUND, rng.uniform(0.25, 0.5)), (WALL, rng.uniform(0.1, 0.25))):
-        a, b = rng.uniform(0.1, 0.9, (2, 3))  # smooth colour drift, no pattern: "stuff", not a material
+        a, b = _muted(rng, rng.uniform(0.1, 0.9)), _muted(rng, rng.uniform(0.1, 0.9))  # drift, no pattern
         t = _soft_field(world_x, world_y, freq, rng)
         sel = labels == cls
         image[sel] = (a * (1 - t[sel, None]) + b * t[sel, None]).astype(np.float32)
@@ -243,7 +250,7 @@ def _card(rng, size: int, material: int, near: float, far: float, scale: tuple[f
 
 def object_scene(rng: np.random.Generator, size: int, material: int) -> Scene:
     """A classification image: one near card of `material` and up to two plain cards behind it."""
-    main = _card(rng, size, material, 1.3, 2.2, (1.0, 1.6), (0.3, 0.7))
+    main = _card(rng, size, material, 1.1, 1.7, (1.1, 1.6), (0.35, 0.65))  # fills most of the frame
     plain = [_card(rng, size, -1, 3.5, 6.0, (0.5, 1.2), (0.1, 0.9)) for _ in range(rng.integers(0, 3))]
     return render_scene(rng, size, size, float(size), [main, *plain])
 
@@ -350,10 +357,10 @@ PARTS = ("pretrain", "classify", "dense", "pairs", "landmarks", "retrieval", "di
 def _job(root: Path, seed: int, size: int, part: str, index: int, arg) -> dict | None:
     """Render and write one item; returns what the manifests need to know about it."""
     rng = _rng(seed, PARTS.index(part), index)
-    if part == "pretrain":  # half object images, half cluttered scenes, like an uncurated pile
+    if part == "pretrain":  # three object images to one cluttered scene, like an uncurated pile
         scene = (
             object_scene(rng, size, int(rng.integers(len(MATERIALS))))
-            if index % 2
+            if index % 4
             else dense_scene(rng, size, size, float(size), cards=(4, 8))
         )
         _save(scene.image, root / "pretrain" / f"{index:06d}.png")

@@ -55,7 +55,7 @@ def test_demo_end_to_end_with_a_two_step_training_run(tmp_path):
 
     config = DemoConfig(
         size=32, backbone="dinov3_test", backbone_options={}, steps=2, batch_size=4, dense_iterations=3,
-        linear_epochs=1, figure_examples=2, thresholds=(4, 8),
+        linear_epochs=1, figure_examples=2, thresholds=(4, 8), knn_every=1,
         data=SynthConfig(size=32, pretrain=8, train_per_class=2, val_per_class=1, dense_train=3, dense_val=2,
                          pairs=2, landmarks=0, views=0, distractors=0),
         recipe=("model.dino_head={n_prototypes: 64, hidden_dim: 32, bottleneck_dim: 16}", "model.ibot_head=null",
@@ -67,6 +67,6 @@ def test_demo_end_to_end_with_a_two_step_training_run(tmp_path):
     assert set(summary["results"]) == {"random", "trained"}
     md = (out / "report.md").read_text()
     assert "| protocol | metric | random | trained |" in md and "recall@8px" in md
-    for name in ("report.html", "results.json", "loss_curves.png", "pca.png", "similarity.png"):
+    for name in ("report.html", "results.json", "loss_curves.png", "knn_curve.png", "pca.png", "similarity.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "run" / "teacher_backbone").is_dir()
