@@ -41,3 +41,14 @@ def test_hooked_layers_keep_their_hooks():
     with torch.inference_mode():
         fused.apply_linear(layer, torch.randn(3, 8))
     assert seen == [torch.Size([3, 4])]
+
+
+def test_rope_inference_path_equals_the_autograd_path():
+    from dinokit.models.layers.rope import RopeEmbedding, apply_rope
+
+    sin, cos = RopeEmbedding(head_dim=16, base=100.0)(3, 4)  # [12, 16]
+    x = torch.randn(2, 3, 5 + 12, 16)  # 5 prefix tokens, then the 3×4 patches
+    with torch.no_grad():
+        fast = apply_rope(x, sin, cos)
+    plain = apply_rope(x.requires_grad_(), sin, cos)
+    assert torch.allclose(fast, plain, atol=1e-6) and torch.equal(fast[:, :, :5], x[:, :, :5].detach())
