@@ -442,8 +442,18 @@ class MonitorConfig:
 
 
 @dataclass
+class KnnEvalConfig:
+    train: str | None = None  # labelled images (class sub-folders or a `path,label` list): the k-NN gallery
+    val: str | None = None  # labelled images to classify
+    size: int = 224  # evaluation crop (resize to size·256/224, centre crop)
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    batch_size: int = 64
+
+
+@dataclass
 class EvalConfig:
-    every: int = 0  # steps between calls of the evaluation callback (0: never)
+    every: int = 0  # steps between evaluations of the teacher (0: never)
+    knn: KnnEvalConfig = field(default_factory=KnnEvalConfig)  # k-NN on CLS, logged as knn/top1_k<k>
 
 
 @dataclass
@@ -479,6 +489,13 @@ class PretrainConfig:
                 problems.append(f"{name} must be at least 1")
         if self.checkpoint.every < 0 or self.checkpoint.keep < 1 or self.eval.every < 0:
             problems.append("checkpoint.every and eval.every must be >= 0 and checkpoint.keep >= 1")
+        knn = self.eval.knn
+        if bool(knn.train) != bool(knn.val):
+            problems.append("eval.knn needs both train and val (labelled image folders or lists), or neither")
+        if knn.train and not self.eval.every:
+            problems.append("eval.knn is set but eval.every is 0: give the steps between evaluations")
+        if not knn.ks or min(knn.ks) < 1 or knn.size < 1 or knn.batch_size < 1:
+            problems.append("eval.knn.ks must be a non-empty list of k >= 1; eval.knn.size and batch_size >= 1")
         if not self.losses.enabled():
             problems.append("losses: at least one loss term is needed")
         if self.losses.koleo is not None and self.train.batch_size < 2:

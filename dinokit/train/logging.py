@@ -24,6 +24,7 @@ class RunLog:
         self.path = run_dir / "metrics.jsonl"
         self.images_per_step = images_per_step
         self._last = (time.perf_counter(), start_step)
+        self._evaluated: dict[str, str] = {}
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not enabled,
                         dynamic_ncols=True, smoothing=0.1)  # fmt: skip
         self.tb = None
@@ -58,7 +59,9 @@ class RunLog:
         shown["lr"] = f"{metrics.get('lr', 0.0):.2e}"
         if "images_per_s" in metrics:
             shown["img/s"] = f"{metrics['images_per_s']:.1f}"
-        self.bar.set_postfix(shown, refresh=False)
+        # the latest evaluation stays on the bar until the next one
+        self._evaluated.update({k: f"{v:.1f}" for k, v in metrics.items() if k.startswith("knn/")})
+        self.bar.set_postfix({**shown, **self._evaluated}, refresh=False)
         return metrics
 
     def message(self, text: str) -> None:

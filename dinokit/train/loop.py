@@ -8,10 +8,11 @@ accumulation over micro-batches, DDP all-reduce on the last) → per-module clip
 Run folder: `config.yaml` (resolved), `metrics.jsonl`, `checkpoints/`, `tensorboard/`, and at the end
 `teacher_backbone/` (dinokit format) and `teacher_backbone_official.pth` (the released layout).
 
-Evaluation hook: `train(cfg, eval_fn=f)` calls `f(teacher_backbone, step) -> {name: value}` every `eval.every`
-steps on every rank (the backbone is in eval mode; the function may use torch.distributed) and logs the returned
-numbers with the step's metrics (rank 0). It runs before the step's checkpoint, so a resumed run reproduces
-any use it makes of the random generators.
+Evaluation: `eval.knn.*` switches on periodic k-NN (`dinokit/eval/periodic.py`). In Python, `train(cfg,
+eval_fn=f)` calls `f(teacher_backbone, step) -> {name: value}` every `eval.every` steps on every rank (the
+backbone is in eval mode; the function may use torch.distributed) and logs the returned numbers with the step's
+metrics (rank 0). It runs before the step's checkpoint, so a resumed run reproduces any use it makes of the
+random generators.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
     """Train (or continue training) as configured; returns the run folder."""
     cfg.validate()
     info = D.init_distributed()
+    if eval_fn is None and cfg.eval.knn.train:
+        from ..eval.periodic import knn_callback
+
+        eval_fn = knn_callback(cfg.eval.knn, info.device)
     run = Path(cfg.output_dir)
     if info.is_main:
         save_config(cfg, run / "config.yaml")

@@ -11,6 +11,7 @@ import torch
 
 from dinokit.cli import main
 from dinokit.config import ConfigError
+from dinokit.errors import UserError
 from dinokit.models import load_backbone, save_backbone
 from dinokit.models.factory import create_backbone
 from dinokit.train.build import build, build_backbone
@@ -145,3 +146,30 @@ def test_continued_pretraining_starts_from_a_checkpoint(tiny_cfg, tmp_path):
     save_backbone(create_backbone("dinov2_test"), tmp_path / "v2.pth", format="official")
     with pytest.raises(ConfigError, match="different architecture"):
         build_backbone(tiny_cfg(f"init.backbone={tmp_path / 'v2.pth'}"))
+
+
+def test_periodic_knn_is_logged_and_leaves_the_weights_alone(tiny_cfg, image_folder, tmp_path):
+    labelled = tmp_path / "labelled"
+    for i, image in enumerate(sorted(image_folder.glob("*.png"))[:12]):
+        (labelled / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+        (labelled / f"class{i % 3}" / image.name).write_bytes(image.read_bytes())
+    knn = ["eval.every=2", f"eval.knn.train={labelled}", f"eval.knn.val={labelled}", "eval.knn.size=32",
+           "eval.knn.ks=[1, 3]"]  # fmt: skip
+    with_knn = train(tiny_cfg("train.steps=4", f"output_dir={tmp_path / 'a'}", *knn))
+    records = read_metrics(with_knn / "metrics.jsonl")
+    evaluated = [r for r in records if "knn/top1_k1" in r]
+    assert [r["step"] for r in evaluated] == [2, 4]
+    assert all(r["knn/top1_k1"] == 100.0 and 0 <= r["knn/top1_k3"] <= 100 for r in evaluated)  # gallery = queries
+    without = train(tiny_cfg("train.steps=4", f"output_dir={tmp_path / 'b'}"))
+    a, b = load_backbone(with_knn / "teacher_backbone"), load_backbone(without / "teacher_backbone")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_periodic_knn_settings_are_checked_before_training(tiny_cfg, image_folder):
+    with pytest.raises(ConfigError, match="eval.every"):
+        tiny_cfg(f"eval.knn.train={image_folder}", f"eval.knn.val={image_folder}").validate()
+    with pytest.raises(ConfigError, match="both train and val"):
+        tiny_cfg("eval.every=2", f"eval.knn.train={image_folder}").validate()
+    with pytest.raises(UserError, match="labelled"):  # a flat folder has no classes
+        train(tiny_cfg("eval.every=2", f"eval.knn.train={image_folder}", f"eval.knn.val={image_folder}"))

@@ -1,0 +1,519 @@
+"""An offline benchmark for every evaluation protocol: procedurally rendered scenes written in the layouts users
+already have (ImageNet class folders, ADE20K image + label maps, NYU RGB + 16-bit depth, a JSON of keypoint
+pairs, an Oxford/Paris-style retrieval list). `dinokit data synth OUT --seed S`; docs/formats.md.
+
+The world. A pinhole camera (focal length = image width) 1.6 m above a ground plane looks at a back wall 6–9.5 m
+away. Flat "cards" stand on the ground at random depths, each cut to a shape (disc, triangle, square, hexagon,
+blob) and painted with one of ten *materials*: binary patterns (stripes, bars, checker, dots, rings, grid,
+chevron, bricks, diamonds, blobs) in two muted colours (random grey levels, faint random tints: a saturated
+random colour pair is the cheapest cue for telling images apart, which a short self-supervised run learns
+first and which says nothing about the material; docs/training.md). Patterns are drawn in world units (≈ 4
+cycles per metre, the material's characteristic scale), so a far card shows a finer pattern than a near one,
+and the ground's soft pattern gets finer towards the horizon: texture scale is a depth cue, as in real scenes.
+
+Why a random network cannot solve it. Every colour is drawn independently of the class (two grey levels per
+card that drift across it, swapped at random, pattern coverage 30–50 % for every material, per-image tint and
+noise), so colour statistics — which a randomly initialised ViT's features mostly encode (its patch embedding
+is a random linear map of the pixels) — say nothing about the material. Because colours drift across every
+surface while patterns do not, two crops of one object share its pattern but not its colours: the invariance
+that self-supervised training rewards is the one the benchmark asks for. Telling materials
+apart needs features of spatial structure (orientation, periodicity, lattice type) that are invariant to the
+colours and to the pattern's phase, scale and small rotations; a linear read-out of random pixel projections
+does not have them. Depth needs the texture scale and the card's placement; correspondences are taken across
+homographies with a photometric change (brightness, contrast, gamma, hue), which breaks raw-pixel matching.
+Self-supervised training with colour jitter and multi-crop learns exactly these invariances.
+
+Determinism: image i of each part is rendered from its own generator seeded with (seed, part, i), so the output
+is the same for any number of worker processes. Everything is vectorised numpy: hundreds of 128-px images per
+second per core, most of it PNG encoding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+MATERIALS = ("stripes", "bars", "checker", "dots", "rings", "grid", "chevron", "bricks", "diamonds", "blobs")
+GROUND, WALL = len(MATERIALS), len(MATERIALS) + 1  # segmentation classes of the background
+SEG_CLASSES = (*MATERIALS, "ground", "wall")
+SHAPES = ("disc", "triangle", "square", "hexagon", "blob")
+IGNORE = 255  # segmentation label of the one-pixel band along each boundary
+CAMERA_HEIGHT = 1.6  # metres
+MATERIAL_FREQUENCY = 4.0  # cycles per metre (± 12 % per card)
+MAX_DEPTH = 10.0  # metres; the wall is nearer
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """How much to write. Sizes are square images in pixels."""
+
+    size: int = 128
+    pretrain: int = 2000  # unlabelled scenes for self-supervised training
+    train_per_class: int = 60
+    val_per_class: int = 20
+    dense_train: int = 300  # scenes with segmentation labels and depth (each of seg/ and depth/)
+    dense_val: int = 60
+    pairs: int = 100
+    landmarks: int = 20  # retrieval: landmarks × views, plus distractors
+    views: int = 5
+    distractors: int = 40
+
+    def scaled(self, factor: float) -> SynthConfig:
+        """Every count multiplied by `factor` (at least one of each)."""
+        counts = {k: max(1, round(v * factor)) for k, v in asdict(self).items() if k not in ("size", "views")}
+        return replace(self, **counts)
+
+
+# ------------------------------------------------------------------------------------------ materials
+def _material(name: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A scalar field over pattern coordinates (u, v in cycles); thresholding it draws the material."""
+    tau = 2 * np.pi
+    if name == "stripes":
+        return np.sin(tau * v)
+    if name == "bars":
+        return np.sin(tau * u)
+    if name == "checker":
+        return np.sin(tau * u) * np.sin(tau * v)
+    if name == "dots":
+        return np.cos(tau * u) + np.cos(tau * v)
+    if name == "rings":
+        cu, cv = rng.uniform(-1, 1, 2)
+        return np.sin(tau * np.hypot(u - cu, v - cv))
+    if name == "grid":
+        return np.maximum(np.cos(tau * u), np.cos(tau * v))
+    if name == "chevron":
+        return np.sin(tau * (v + np.abs((u % 1.0) - 0.5)))
+    if name == "bricks":
+        row = np.floor(v * 2)
+        mortar_v = np.abs((v * 2) % 1.0 - 0.5)
+        mortar_u = np.abs((u + 0.5 * row) % 1.0 - 0.5)
+        return np.maximum(mortar_v, mortar_u)
+    if name == "diamonds":
+        return np.sin(tau * (u + v) / math.sqrt(2)) * np.sin(tau * (u - v) / math.sqrt(2))
+    if name == "blobs":
+        angles = rng.uniform(0, np.pi, 5)
+        phases = rng.uniform(0, tau, 5)
+        return sum(np.cos(tau * (u * np.cos(a) + v * np.sin(a)) + p) for a, p in zip(angles, phases))
+    raise ValueError(f"unknown material {name!r}")
+
+
+def _muted(rng: np.random.Generator, grey: float) -> np.ndarray:
+    """A colour of the given grey level with a faint random tint (±0.08 per channel)."""
+    return np.clip(grey + rng.uniform(-0.08, 0.08, 3), 0.0, 1.0)
+
+
+def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two muted colours whose grey levels differ by at least 0.3, so every pattern is visible."""
+    g1 = rng.uniform(0.1, 0.9)
+    while True:
+        g2 = rng.uniform(0.1, 0.9)
+        if abs(g1 - g2) >= 0.3:
+            return _muted(rng, g1), _muted(rng, g2)
+
+
+def _drifting_pair(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours per pixel `[..., 3]` that drift across a surface (about one cycle over `x, y ∈ [−1, 1]`):
+    lighting and wear change an object's colours from place to place, not its pattern, so two crops of one
+    object share the pattern but not the colours."""
+    (a1, a2), (b1, b2) = _colour_pair(rng), _colour_pair(rng)
+    if np.dot(a2 - a1, b2 - b1) < 0:  # keep the two ends' contrasts aligned: the pattern never fades out
+        b1, b2 = b2, b1
+    s = _soft_field(x, y, 0.5, rng)[..., None]
+    return a1 * (1 - s) + b1 * s, a2 * (1 - s) + b2 * s
+
+
+def _soft_field(x: np.ndarray, y: np.ndarray, freq: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random field in [0, 1]: three sinusoids of random direction at `freq` cycles per unit."""
+    total = 0.0
+    for a, p in zip(rng.uniform(0, np.pi, 3), rng.uniform(0, 2 * np.pi, 3)):
+        total = total + np.cos(2 * np.pi * freq * (x * np.cos(a) + y * np.sin(a)) + p)
+    return 0.5 + total / 6
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+@dataclass
+class Card:
+    material: int  # index into MATERIALS, or -1 for a plain (untextured) card
+    shape: str
+    depth: float  # metres
+    x: float  # image column of the card's centre, pixels
+    height: float  # metres
+    width: float
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # [H, W, 3] float32 in [0, 1]
+    labels: np.ndarray  # [H, W] uint8 segmentation classes (IGNORE on boundaries)
+    depth: np.ndarray  # [H, W] float32 metres
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Inside test of a shape in normalised card coordinates (dx, dy ∈ [−1, 1], y down)."""
+    rho, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
+    if shape == "disc":
+        return rho <= 1.0
+    if shape == "blob":
+        k, phase = rng.integers(3, 6), rng.uniform(0, 2 * np.pi)
+        return rho <= 0.8 + 0.2 * np.sin(k * theta + phase)
+    n = {"triangle": 3, "square": 4, "hexagon": 6}[shape]
+    spin = rng.uniform(0, 2 * np.pi / n)
+    sector = 2 * np.pi / n
+    return rho * np.cos((theta - spin) % sector - sector / 2) <= math.cos(math.pi / n)
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int, focal: float, cards: list[Card]) -> Scene:
+    """Render ground, wall and cards (far to near) for a camera with principal point at the image centre."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5  # pixel centres
+    cx, cy = width / 2, height / 2
+    horizon = cy - height * rng.uniform(0.05, 0.3)
+    wall_depth = rng.uniform(6.0, 9.5)
+    below = yy - horizon
+    ground_depth = np.where(below > 0, focal * CAMERA_HEIGHT / np.maximum(below, 1e-3), np.inf)
+    depth = np.minimum(ground_depth, wall_depth).astype(np.float32)
+    labels = np.where(ground_depth < wall_depth, GROUND, WALL).astype(np.uint8)
+    # ground: a soft pattern in world coordinates (finer towards the horizon); wall: the same at one depth
+    world_x = (xx - cx) * depth / focal
+    world_y = np.where(labels == GROUND, depth, (horizon - yy) * depth / focal + CAMERA_HEIGHT)
+    image = np.empty((height, width, 3), np.float32)
+    for cls, freq in ((GROUND, rng.uniform(0.25, 0.5)), (WALL, rng.uniform(0.1, 0.25))):
+        a, b = _muted(rng, rng.uniform(0.1, 0.9)), _muted(rng, rng.uniform(0.1, 0.9))  # drift, no pattern
+        t = _soft_field(world_x, world_y, freq, rng)
+        sel = labels == cls
+        image[sel] = (a * (1 - t[sel, None]) + b * t[sel, None]).astype(np.float32)
+
+    for card in sorted(cards, key=lambda c: -c.depth):
+        half_h = focal * card.height / (2 * card.depth)
+        half_w = focal * card.width / (2 * card.depth)
+        base = horizon + focal * CAMERA_HEIGHT / card.depth  # where the card stands on the ground
+        top, bottom = int(max(base - 2 * half_h, 0)), int(min(base, height - 1)) + 1
+        left, right = int(max(card.x - half_w, 0)), int(min(card.x + half_w, width - 1)) + 1
+        if top >= bottom or left >= right:
+            continue
+        box = (slice(top, bottom), slice(left, right))
+        dx = (xx[box] - card.x) / half_w
+        dy = (yy[box] - (base - half_h)) / half_h
+        inside = _shape_mask(card.shape, dx, dy, rng)
+        if not inside.any():
+            continue
+        c1, c2 = _drifting_pair(rng, dx, dy)
+        if card.material >= 0:
+            freq = MATERIAL_FREQUENCY * rng.uniform(0.88, 1.12)
+            angle = rng.uniform(-0.25, 0.25)  # ±15° orientation jitter
+            u0 = dx * card.width / 2 * freq
+            v0 = dy * card.height / 2 * freq
+            u = u0 * math.cos(angle) - v0 * math.sin(angle) + rng.uniform(0, 1)
+            v = u0 * math.sin(angle) + v0 * math.cos(angle) + rng.uniform(0, 1)
+            field = _material(MATERIALS[card.material], u, v, rng)
+            coverage = rng.uniform(0.3, 0.5)
+            t = (field > np.quantile(field[inside], 1 - coverage)).astype(np.float32)
+        else:
+            t = _soft_field(dx, dy, 0.3, rng)
+        shade = 1 + 0.2 * (dx * rng.uniform(-1, 1) + dy * rng.uniform(-1, 1))  # light from one side
+        colour = (c1 * (1 - t[..., None]) + c2 * t[..., None]) * shade[..., None]  # [h, w, 3]
+        image[box][inside] = colour[inside]
+        depth[box][inside] = card.depth
+        labels[box][inside] = card.material if card.material >= 0 else WALL
+
+    image = image * rng.uniform(0.85, 1.15, 3).astype(np.float32)  # illumination tint
+    image = 0.5 * image + 0.125 * (  # slight blur: anti-aliases edges and fine patterns
+        np.roll(image, 1, 0) + np.roll(image, -1, 0) + np.roll(image, 1, 1) + np.roll(image, -1, 1)
+    )
+    image = image + rng.normal(0, 0.015, image.shape).astype(np.float32)
+    boundary = np.zeros_like(labels, dtype=bool)
+    boundary[:-1] |= labels[:-1] != labels[1:]
+    boundary[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    labels[boundary] = IGNORE
+    return Scene(np.clip(image, 0, 1), labels, depth)
+
+
+def _card(rng, size: int, material: int, near: float, far: float, scale: tuple[float, float], x_range) -> Card:
+    height = rng.uniform(*scale)
+    return Card(
+        material=material,
+        shape=SHAPES[rng.integers(len(SHAPES))],
+        depth=rng.uniform(near, far),
+        x=size * rng.uniform(*x_range),
+        height=height,
+        width=height * math.exp(rng.uniform(-0.4, 0.4)),
+    )
+
+
+def object_scene(rng: np.random.Generator, size: int, material: int) -> Scene:
+    """A classification image: one near card of `material` and up to two plain cards behind it."""
+    main = _card(rng, size, material, 1.1, 1.7, (1.1, 1.6), (0.35, 0.65))  # fills most of the frame
+    plain = [_card(rng, size, -1, 3.5, 6.0, (0.5, 1.2), (0.1, 0.9)) for _ in range(rng.integers(0, 3))]
+    return render_scene(rng, size, size, float(size), [main, *plain])
+
+
+def dense_scene(rng: np.random.Generator, height: int, width: int, focal: float, cards=(3, 6)) -> Scene:
+    """A segmentation / depth scene: `cards` (a range, inclusive) cards of random materials at random depths."""
+    cards = [
+        _card(rng, width, int(rng.integers(len(MATERIALS))), 1.4, 5.0, (0.6, 1.5), (0.05, 0.95))
+        for _ in range(rng.integers(cards[0], cards[1] + 1))
+    ]
+    return render_scene(rng, height, width, focal, cards)
+
+
+# --------------------------------------------------------------------------------------- homographies
+def random_homography(rng: np.random.Generator, size: int, strength: float = 1.0) -> np.ndarray:
+    """A 3×3 map of pixel coordinates (x, y) about the image centre: rotation up to ±20°, scale ×1.25^±1,
+    mild anisotropy and perspective, shift up to 8 % — all multiplied by `strength`."""
+    c = size / 2
+    theta = strength * rng.uniform(-0.35, 0.35)
+    scale = math.exp(strength * rng.uniform(-0.22, 0.22))
+    aspect = math.exp(strength * rng.uniform(-0.08, 0.08))
+    p = strength * rng.uniform(-0.3, 0.3, 2) / size
+    t = strength * rng.uniform(-0.08, 0.08, 2) * size
+    to_origin = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1]])
+    back = np.array([[1, 0, c + t[0]], [0, 1, c + t[1]], [0, 0, 1]])
+    rot = np.array([[math.cos(theta), -math.sin(theta), 0], [math.sin(theta), math.cos(theta), 0], [0, 0, 1]])
+    affine = np.diag([scale * aspect, scale / aspect, 1.0])
+    persp = np.array([[1, 0, 0], [0, 1, 0], [p[0], p[1], 1]])
+    return back @ rot @ affine @ persp @ to_origin
+
+
+def apply_homography(hom: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points `[N, 2]` (x, y) → `[N, 2]`."""
+    ph = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ hom.T
+    return ph[:, :2] / ph[:, 2:]
+
+
+def warp(canvas: np.ndarray, pad: int, hom: np.ndarray, size: int) -> np.ndarray:
+    """The `size × size` view B with B(q) = A(H⁻¹ q), where A is the canvas without its `pad` margin.
+    Bilinear; coordinates are pixel corners (pixel i spans [i, i+1))."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    src = apply_homography(np.linalg.inv(hom), np.stack([xx.ravel(), yy.ravel()], 1)) + pad - 0.5
+    h, w = canvas.shape[:2]
+    x = np.clip(src[:, 0], 0, w - 1.001)
+    y = np.clip(src[:, 1], 0, h - 1.001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    out = (
+        canvas[y0, x0] * (1 - fx) * (1 - fy)
+        + canvas[y0, x0 + 1] * fx * (1 - fy)
+        + canvas[y0 + 1, x0] * (1 - fx) * fy
+        + canvas[y0 + 1, x0 + 1] * fx * fy
+    )
+    return out.reshape(size, size, -1).astype(np.float32)
+
+
+def photometric(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A change of lighting and camera: brightness, contrast, gamma and a hue rotation about the grey axis."""
+    angle = rng.uniform(-0.6, 0.6)  # radians, about ±35° of hue
+    k = np.ones(3) / math.sqrt(3)
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    rot = np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross  # Rodrigues
+    x = np.clip(image @ rot.T.astype(np.float32), 0, 1)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.7, 1.3) + mean * rng.uniform(0.7, 1.3)
+    return np.clip(np.clip(x, 0, 1) ** rng.uniform(0.75, 1.33), 0, 1)
+
+
+def view_pair(rng: np.random.Generator, size: int, n_keypoints: int = 64):
+    """Two views of one scene related by a known homography, with keypoints in A and their positions in B."""
+    pad = size // 2
+    scene = dense_scene(rng, size + 2 * pad, size + 2 * pad, float(size), cards=(5, 10))
+    image_a = scene.image[pad : pad + size, pad : pad + size]
+    hom = random_homography(rng, size)
+    image_b = photometric(rng, warp(scene.image, pad, hom, size))
+    # keypoints where a matcher has something to go by: three in four on cards, the rest anywhere
+    margin = size / 32
+    kp_a = rng.uniform(margin, size - margin, (8 * n_keypoints, 2))
+    on_card = scene.labels[(kp_a[:, 1] + pad).astype(int), (kp_a[:, 0] + pad).astype(int)] < len(MATERIALS)
+    kp_a = np.concatenate([kp_a[on_card][: 3 * n_keypoints // 4], kp_a[~on_card]])
+    kp_b = apply_homography(hom, kp_a)
+    inside = np.all((kp_b >= margin) & (kp_b <= size - margin), axis=1)
+    return image_a, image_b, kp_a[inside][:n_keypoints], kp_b[inside][:n_keypoints]
+
+
+# ------------------------------------------------------------------------------------------- writing
+def _rng(seed: int, part: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, part, index])
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    if array.dtype in (np.float32, np.float64):
+        array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(array).save(path, compress_level=1)
+
+
+def _depth_png(depth: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(depth * 1000), 0, 65535).astype(np.uint16)  # millimetres
+
+
+PARTS = ("pretrain", "classify", "dense", "pairs", "landmarks", "retrieval", "distractors")
+
+
+def _job(root: Path, seed: int, size: int, part: str, index: int, arg) -> dict | None:
+    """Render and write one item; returns what the manifests need to know about it."""
+    rng = _rng(seed, PARTS.index(part), index)
+    if part == "pretrain":  # three object images to one cluttered scene, like an uncurated pile
+        scene = (
+            object_scene(rng, size, int(rng.integers(len(MATERIALS))))
+            if index % 4
+            else dense_scene(rng, size, size, float(size), cards=(4, 8))
+        )
+        _save(scene.image, root / "pretrain" / f"{index:06d}.png")
+        return None
+    if part == "classify":
+        split, material = arg
+        _save(
+            object_scene(rng, size, material).image,
+            root / "classify" / split / MATERIALS[material] / f"{index:06d}.png",
+        )
+        return None
+    if part == "dense":
+        seg_split, depth_split = arg
+        scene = dense_scene(rng, size, size, float(size))
+        _save(scene.image, root / "seg" / "images" / seg_split / f"{index:06d}.png")
+        _save(scene.labels, root / "seg" / "annotations" / seg_split / f"{index:06d}.png")
+        _save(scene.image, root / "depth" / depth_split / "rgb" / f"{index:06d}.png")
+        _save(_depth_png(scene.depth), root / "depth" / depth_split / "depth" / f"{index:06d}.png")
+        return None
+    if part == "pairs":
+        a, b, kp_a, kp_b = view_pair(rng, size)
+        _save(a, root / "pairs" / "images" / f"{index:04d}_a.png")
+        _save(b, root / "pairs" / "images" / f"{index:04d}_b.png")
+        return {
+            "image_a": f"images/{index:04d}_a.png",
+            "image_b": f"images/{index:04d}_b.png",
+            "keypoints_a": np.round(kp_a, 2).tolist(),
+            "keypoints_b": np.round(kp_b, 2).tolist(),
+        }
+    if part == "landmarks":  # retrieval: arg = number of views; the last view is a junk close-up
+        pad = size // 2
+        canvas = dense_scene(rng, size + 2 * pad, size + 2 * pad, float(size), cards=(5, 10)).image
+        names = []
+        for v in range(arg + 1):
+            if v == arg:  # zoomed ×3 into a corner: too little of the landmark to count either way
+                corner = rng.uniform(-0.3, 0.3, 2) * size
+                hom = np.array(
+                    [[3.0, 0, -2 * size / 2 - 3 * corner[0]], [0, 3.0, -2 * size / 2 - 3 * corner[1]], [0, 0, 1]]
+                )
+            else:
+                hom = random_homography(rng, size, strength=0.7)
+            names.append(f"images/landmark{index:03d}_view{v}.png")
+            _save(photometric(rng, warp(canvas, pad, hom, size)), root / "retrieval" / names[-1])
+        return {"views": names[:-1], "junk": names[-1]}
+    if part == "distractors":
+        name = f"images/distractor{index:04d}.png"
+        _save(dense_scene(rng, size, size, float(size)).image, root / "retrieval" / name)
+        return {"name": name}
+    raise ValueError(part)
+
+
+def _tasks(config: SynthConfig) -> list[tuple[str, int, object]]:
+    c = config
+    tasks: list[tuple[str, int, object]] = [("pretrain", i, None) for i in range(c.pretrain)]
+    i = 0
+    for split, n in (("train", c.train_per_class), ("val", c.val_per_class)):
+        for material in range(len(MATERIALS)):
+            for _ in range(n):
+                tasks.append(("classify", i, (split, material)))
+                i += 1
+    tasks += [("dense", i, ("training", "train")) for i in range(c.dense_train)]
+    tasks += [("dense", c.dense_train + i, ("validation", "test")) for i in range(c.dense_val)]
+    tasks += [("pairs", i, None) for i in range(c.pairs)]
+    tasks += [("landmarks", i, c.views) for i in range(c.landmarks)]
+    tasks += [("distractors", i, None) for i in range(c.distractors)]
+    return tasks
+
+
+def _run(args):
+    return _job(*args)
+
+
+def write_synthetic(
+    out: str | os.PathLike,
+    seed: int = 0,
+    config: SynthConfig = SynthConfig(),
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write the whole benchmark under `out` (atomically: a temporary folder renamed at the end).
+
+    An existing `out` written with the same seed and config is kept as is (the work is deterministic)."""
+    out = Path(out)
+    manifest = {"generator": "dinokit.data.synthetic", "version": 1, "seed": seed, "config": asdict(config)}
+    if (out / "manifest.json").exists():
+        if json.loads((out / "manifest.json").read_text()) == {**manifest, "classes": list(MATERIALS)}:
+            return out
+        raise FileExistsError(f"{out} holds a different synthetic set; choose another folder or remove it")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tasks = _tasks(config)
+    for d in _folders(config):
+        (tmp / d).mkdir(parents=True, exist_ok=True)
+    workers = workers or min(os.cpu_count() or 1, 8)
+    jobs = [(tmp, seed, config.size, part, i, arg) for part, i, arg in tasks]
+    bar = dict(total=len(jobs), desc="synthetic images", unit="item", disable=not progress)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_run, jobs, chunksize=16), **bar))
+    else:
+        results = [_run(j) for j in tqdm(jobs, **bar)]
+    _write_manifests(tmp, tasks, results, config)
+    (tmp / "manifest.json").write_text(json.dumps({**manifest, "classes": list(MATERIALS)}, indent=2))
+    (tmp / "README.md").write_text(_readme(seed, config))
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    return out
+
+
+def _folders(config: SynthConfig) -> list[str]:
+    dirs = ["pretrain", "pairs/images", "retrieval/images"]
+    dirs += [f"classify/{s}/{m}" for s in ("train", "val") for m in MATERIALS]
+    dirs += [f"seg/{k}/{s}" for k in ("images", "annotations") for s in ("training", "validation")]
+    dirs += [f"depth/{s}/{k}" for s in ("train", "test") for k in ("rgb", "depth")]
+    return dirs
+
+
+def _write_manifests(root: Path, tasks, results, config: SynthConfig) -> None:
+    by_part: dict[str, list] = {}
+    for (part, _, _), r in zip(tasks, results):
+        by_part.setdefault(part, []).append(r)
+    pairs = {
+        "image_size": config.size,
+        "coordinates": "pixels, (x, y), origin at the top-left image corner",
+        "pairs": by_part.get("pairs", []),
+    }
+    (root / "pairs" / "pairs.json").write_text(json.dumps(pairs))
+    landmarks, distractors = by_part.get("landmarks", []), by_part.get("distractors", [])
+    gallery = [v for lm in landmarks for v in lm["views"][1:] + [lm["junk"]]] + [d["name"] for d in distractors]
+    queries = [{"image": lm["views"][0], "positives": lm["views"][1:], "junk": [lm["junk"]]} for lm in landmarks]
+    (root / "retrieval" / "retrieval.json").write_text(json.dumps({"gallery": gallery, "queries": queries}, indent=1))
+    (root / "seg" / "classes.json").write_text(json.dumps(list(SEG_CLASSES)))
+
+
+def _readme(seed: int, c: SynthConfig) -> str:
+    return f"""# dinokit synthetic benchmark (seed {seed})
+
+Written by `dinokit data synth` (dinokit/data/synthetic.py explains the world and why a random network cannot
+solve it; docs/formats.md describes each layout). {c.size}×{c.size} px PNG images.
+Classes (materials): {", ".join(MATERIALS)}.
+
+- pretrain/: {c.pretrain} unlabelled images, for self-supervised training.
+- classify/{{train,val}}/<class>/: ImageNet style, {c.train_per_class} / {c.val_per_class} images per class
+  (k-NN, linear, logreg).
+- seg/images/{{training,validation}}/ + seg/annotations/…: ADE20K style label PNGs; classes in
+  seg/classes.json (materials 0–9, ground 10, wall 11), 255 = ignore (seg).
+- depth/{{train,test}}/rgb/ + depth/…/depth/: NYU style, 16-bit PNG depth in millimetres (depth).
+- pairs/pairs.json + pairs/images/: pairs related by homographies, keypoints (x, y) in pixels (correspondence).
+- retrieval/retrieval.json + retrieval/images/: queries with positives and junk, a gallery with distractors
+  (retrieval).
+
+Regenerate: `dinokit data synth OUT --seed {seed} --size {c.size}`.
+"""

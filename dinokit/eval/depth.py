@@ -1,0 +1,90 @@
+"""Dense linear monocular depth on frozen patch features (DINOv2 §7 / DINOv3 §6; NYU-Depth v2 protocol).
+
+The head (BatchNorm + 1×1 conv, `dense.py`) classifies each patch into 256 depth bins spaced linearly in
+[min_depth, max_depth]; the prediction is the softmax-weighted mean of the bin centres, upsampled bilinearly to
+the pixels. Loss: the scale-invariant log loss of Eigen et al. over valid pixels (0 < depth),
+
+    L = sqrt( mean(g²) − λ·mean(g)² ),   g = log(pred) − log(gt),   λ = 0.85
+
+(= sqrt(var(g) + 0.15·mean(g)²) with the population variance). Scores, over pixels with
+min_depth < gt ≤ max_depth (and inside the Eigen crop for 480×640 NYU images when asked), per image then
+averaged: RMSE (metres), AbsRel, δ<1.25 (percent).
+
+Targets are 16-bit PNGs in millimetres (0 = no measurement), the NYU / KITTI convention; `depth_scale` changes
+the unit. Deviation from the released head: softmax over the bins where the released code normalises ReLU
+outputs linearly; the bins are the same.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .dense import DenseTask, dense_probe, find_pairs, read_array
+from .metrics import depth_errors, mean_of
+
+EIGEN_CROP = (45, 471, 41, 601)  # top, bottom, left, right of the standard NYU evaluation crop (480×640)
+
+
+def silog_loss(pred: torch.Tensor, target: torch.Tensor, lam: float = 0.85, eps: float = 1e-6) -> torch.Tensor:
+    """Scale-invariant log loss over pixels with target > 0: `sqrt(mean(g²) − λ·mean(g)²)`."""
+    valid = target > 0
+    g = torch.log(pred[valid].clamp_min(eps)) - torch.log(target[valid])
+    return torch.sqrt((g.pow(2).mean() - lam * g.mean().pow(2)).clamp_min(eps))
+
+
+def depth_task(min_depth: float, max_depth: float, bins: int = 256, depth_scale: float = 1000.0) -> DenseTask:
+    centres = torch.linspace(min_depth, max_depth, bins)
+
+    def to_depth(logits, size):  # [B, bins, h, w] → [B, 1, H, W] metres
+        depth = torch.einsum("bkhw,k->bhw", logits.softmax(dim=1), centres.to(logits.device))[:, None]
+        return F.interpolate(depth, size=size, mode="bilinear", align_corners=False)
+
+    return DenseTask(
+        load_target=lambda p: torch.from_numpy(read_array(p).astype("float32")) / depth_scale,
+        pad_value=0.0,
+        out_channels=bins,
+        loss=lambda pred, target: silog_loss(pred[:, 0], target),
+        to_output=to_depth,
+    )
+
+
+def depth_score(results, min_depth: float, max_depth: float, eigen_crop: bool = False) -> dict[str, float]:
+    per_image = []
+    for pred, gt in results:
+        valid = (gt > min_depth) & (gt <= max_depth)
+        if eigen_crop:
+            crop = torch.zeros_like(valid)
+            top, bottom, left, right = EIGEN_CROP
+            crop[top:bottom, left:right] = True
+            valid &= crop
+        if valid.any():
+            per_image.append(depth_errors(pred[0].clamp(min_depth, max_depth), gt, valid))
+    if not per_image:
+        raise ValueError("no validation image has valid depth pixels in range")
+    return mean_of(per_image)
+
+
+def run_depth(
+    model,
+    train,
+    val,
+    train_depth=None,
+    val_depth=None,
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    depth_scale: float = 1000.0,
+    eigen_crop: bool = False,
+    size: int = 480,
+    crop: int = 480,
+    iterations: int = 40000,
+    **kwargs,
+) -> dict[str, float]:
+    """The protocol from RGB folders (or `rgb depth` lists): `{"rmse", "abs_rel", "delta1"}`.
+
+    Depth folders default to the RGB folder with `rgb` replaced by `depth`."""
+    swap = ("rgb", "depth")
+    train_pairs, val_pairs = find_pairs(train, train_depth, swap), find_pairs(val, val_depth, swap)
+    task = depth_task(min_depth, max_depth, depth_scale=depth_scale)
+    score = lambda results: depth_score(results, min_depth, max_depth, eigen_crop)
+    return dense_probe(model, train_pairs, val_pairs, task, score, size, crop, iterations, name="depth", **kwargs)

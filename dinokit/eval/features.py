@@ -1,0 +1,138 @@
+"""Frozen global features for the image-level protocols (k-NN, linear probe, logistic regression, retrieval).
+
+One batched pass over a folder (or file list) with a progress bar stores, per image, the final-normed CLS
+token of each of the last `n` blocks and the mean of the last block's normed patch tokens: every feature
+variant the linear probe compares (DINOv2 §7: last-1 / last-4 CLS, with or without the average patch token)
+is then a slice of this cache, and k-NN uses the last CLS.
+
+Preprocessing follows the k-NN / linear protocols of the papers: resize the shorter side to `size·256/224`
+(bicubic, antialiased), centre-crop `size` (rounded to a multiple of the patch size), ImageNet mean/std
+(or the model's own, e.g. the satellite models').
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data.datasets import ImageDataset, ImageList, collate_skip_none
+from ..data.transforms import EvalTransform, round_to_patch
+from ..errors import UserError
+from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass
+class GlobalFeatures:
+    """Cached features of N images. Unreadable images are left out (their paths are in `skipped`)."""
+
+    cls: torch.Tensor  # [N, n, D] final-normed CLS of the last n blocks, the last block last
+    patch_mean: torch.Tensor  # [N, D] mean of the last block's final-normed patch tokens
+    labels: torch.Tensor  # [N] class index, -1 for unlabelled images
+    paths: list[str]
+    classes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.cls.shape[0]
+
+    @property
+    def last_cls(self) -> torch.Tensor:
+        return self.cls[:, -1]  # [N, D]
+
+    def variant(self, n_blocks: int, avgpool: bool) -> torch.Tensor:
+        """The linear probe's input: CLS of the last `n_blocks` blocks, concatenated (and the average patch
+        token appended when `avgpool`) → `[N, n_blocks·D (+ D)]`."""
+        if not 1 <= n_blocks <= self.cls.shape[1]:
+            raise ValueError(f"features hold the last {self.cls.shape[1]} blocks; asked for {n_blocks}")
+        parts = [self.cls[:, -n_blocks:].flatten(1)] + ([self.patch_mean] if avgpool else [])
+        return torch.cat(parts, dim=1).float()
+
+    def subset(self, index: torch.Tensor) -> GlobalFeatures:
+        keep = index.tolist()
+        return GlobalFeatures(
+            self.cls[index], self.patch_mean[index], self.labels[index], [self.paths[i] for i in keep], self.classes
+        )
+
+
+def global_transform(model, size: int = 224) -> EvalTransform:
+    """Resize the shorter side to size·256/224 (bicubic), centre-crop `size` rounded to the patch size."""
+    crop = round_to_patch(size, model.patch_size)
+    mean = model.config.extra.get("mean", IMAGENET_MEAN)
+    std = model.config.extra.get("std", IMAGENET_STD)
+    return EvalTransform(resize=round(crop * 256 / 224), crop=crop, mean=mean, std=std, mode="bicubic")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def extract_global_features(
+    model,
+    source: str | os.PathLike | ImageList,
+    size: int = 224,
+    n_last_blocks: int = 4,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    desc: str = "features",
+    progress: bool = True,
+) -> GlobalFeatures:
+    """Features of every image of a folder (class sub-folders give labels), `.txt`/`.csv` list or `ImageList`.
+
+    `n_last_blocks` is capped at the model's depth. The model is used as given (eval mode, moved to `device`)."""
+    images = source if isinstance(source, ImageList) else ImageList.from_source(source)
+    device = torch.device(device) if device is not None else default_device()
+    model = model.eval().to(device)
+    n = min(n_last_blocks, model.n_blocks)
+    dataset = ImageDataset(images, global_transform(model, size))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none, pin_memory=False
+    )
+    cls_parts, mean_parts, label_parts, index_parts = [], [], [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        if batch is None:  # every image of the batch was unreadable
+            continue
+        x, labels, index = batch
+        with torch.inference_mode():
+            layers = model.get_intermediate_layers(x.to(device), n=n, return_class_token=True, norm=True)
+        # clones are ordinary tensors, which the probes may use in autograd
+        cls_parts.append(torch.stack([c for _, c in layers], dim=1).float().cpu().clone())  # [B, n, D]
+        mean_parts.append(layers[-1][0].mean(dim=1).float().cpu().clone())  # [B, D]
+        label_parts.append(labels)
+        index_parts.append(index)
+    if not cls_parts:
+        raise UserError(f"{source}: none of the {len(images)} images could be read")
+    kept = torch.cat(index_parts).tolist()
+    return GlobalFeatures(
+        cls=torch.cat(cls_parts),
+        patch_mean=torch.cat(mean_parts),
+        labels=torch.cat(label_parts).long(),
+        paths=[str(images.paths[i]) for i in kept],
+        classes=list(images.classes),
+        skipped=list(dataset.skipped),
+    )
+
+
+def require_labels(features: GlobalFeatures, role: str) -> None:
+    """Image-level protocols need class labels: a folder of class sub-folders or a list with a label column."""
+    if len(features) == 0 or bool((features.labels < 0).any()):
+        raise UserError(
+            f"the {role} images need class labels: give a folder with one sub-folder per class (ImageNet style) "
+            "or a .txt/.csv list of `path,label` lines"
+        )
+
+
+def align_classes(train: GlobalFeatures, val: GlobalFeatures) -> GlobalFeatures:
+    """Re-index `val` labels to `train`'s class names (the two folders may hold different class subsets)."""
+    if train.classes == val.classes or not train.classes or not val.classes:
+        return val
+    index = {c: i for i, c in enumerate(train.classes)}
+    unknown = sorted(set(val.classes) - set(index))
+    if unknown:
+        raise UserError(f"validation classes missing from the training set: {', '.join(unknown[:10])}")
+    mapping = torch.tensor([index[c] for c in val.classes])
+    return GlobalFeatures(val.cls, val.patch_mean, mapping[val.labels], val.paths, train.classes, val.skipped)

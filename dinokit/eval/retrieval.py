@@ -1,0 +1,90 @@
+"""Instance retrieval with frozen global features, scored by mAP (revisited Oxford / Paris style; DINOv2 §7).
+
+Every image is resized so its shorter side is `size` (sides rounded to the patch size, no crop: landmarks fill
+the frame differently from object photos); its final-normed CLS token, L2-normalised, is its descriptor.
+Queries may carry a bounding box, cropped before resizing. The gallery is ranked by cosine similarity; each
+query's positives and junk images are given, junk being left out of the ranking (`metrics.average_precision`).
+The input is one JSON file (docs/formats.md); the Medium and Hard protocols of the revisited benchmarks are
+two such files (Medium: easy + hard are positives; Hard: hard are positives, easy join the junk).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data.images import decode_image
+from ..data.transforms import normalize, resize, round_to_patch, to_float
+from ..errors import UserError
+from .dense import model_norm
+from .features import default_device
+from .metrics import average_precision
+
+
+def load_retrieval_json(path: str | Path) -> tuple[list[Path], list[dict]]:
+    """Gallery paths and queries `{image, bbox?, positives: [int], junk: [int]}` with gallery indices."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+        gallery = [path.parent / g for g in spec["gallery"]]
+        index = {g: i for i, g in enumerate(spec["gallery"])}
+        queries = []
+        for q in spec["queries"]:
+            ref = lambda items: sorted({index[i] if isinstance(i, str) else int(i) for i in items})  # noqa: E731
+            queries.append(
+                {
+                    "image": path.parent / q["image"],
+                    "bbox": q.get("bbox"),
+                    "positives": ref(q["positives"]),
+                    "junk": ref(q.get("junk", [])),
+                }
+            )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{path}: not a retrieval file as described in docs/formats.md ({type(e).__name__}: {e})"
+        ) from None
+    if not queries or any(not q["positives"] for q in queries):
+        raise UserError(f"{path}: every query needs at least one positive")
+    return gallery, queries
+
+
+@torch.inference_mode()
+def image_descriptor(model, path: Path, size: int, device, bbox=None) -> torch.Tensor:
+    """L2-normalised CLS `[D]` of one image (optionally cropped to `bbox` = [x0, y0, x1, y1] pixels)."""
+    image = to_float(decode_image(path))
+    if bbox is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in bbox)
+        image = image[:, y0:y1, x0:x1]
+    H, W = image.shape[-2:]
+    scale = size / min(H, W)
+    p = model.patch_size
+    image = resize(image, (round_to_patch(H * scale, p), round_to_patch(W * scale, p)), mode="bicubic")
+    mean, std = model_norm(model)
+    cls = model.forward_features(normalize(image, mean, std)[None].to(device)).cls[0]
+    return F.normalize(cls.float(), dim=0).cpu()
+
+
+def retrieval_map(query_features: torch.Tensor, gallery_features: torch.Tensor, queries: list[dict]) -> float:
+    """mAP in percent of L2-normalised query features `[Q, D]` against the gallery `[N, D]`."""
+    ranking = (query_features @ gallery_features.T).argsort(dim=1, descending=True)  # [Q, N]
+    aps = [average_precision(r.tolist(), set(q["positives"]), set(q["junk"])) for r, q in zip(ranking, queries)]
+    return 100.0 * sum(aps) / len(aps)
+
+
+def run_retrieval(model, spec: str | Path, size: int = 224, device=None) -> dict[str, float]:
+    """The protocol from a retrieval JSON: `{"map": …}` (percent)."""
+    gallery, queries = load_retrieval_json(spec)
+    device = torch.device(device) if device is not None else default_device()
+    model = model.eval().to(device)
+    g = torch.stack([image_descriptor(model, p, size, device) for p in tqdm(gallery, desc="gallery", leave=False)])
+    q = torch.stack(
+        [
+            image_descriptor(model, q["image"], size, device, q["bbox"])
+            for q in tqdm(queries, desc="queries", leave=False)
+        ]
+    )
+    return {"map": retrieval_map(q, g, queries)}

@@ -1,0 +1,80 @@
+"""Dense linear semantic segmentation on frozen patch features (DINOv3 §6; ADE20K protocol), scored by mIoU.
+
+Targets are label maps (PNG, mode L or P) of class indices; 255 is ignored in training and scoring. ADE20K's
+release stores "other" as 0 and its 150 classes as 1…150: `reduce_zero_label` maps 0 → 255 and shifts the rest
+down by one, as mmsegmentation does. The number of classes defaults to the largest label of the training maps
+plus one. The probe itself (cached crops, BatchNorm + 1×1 conv head, sliding windows) is in `dense.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from .dense import DenseTask, dense_probe, find_pairs, read_array
+from .metrics import confusion_matrix, mean_iou
+
+IGNORE = 255
+
+
+def load_labels(path, reduce_zero_label: bool = False) -> torch.Tensor:
+    labels = torch.from_numpy(read_array(path).astype("int64"))  # [H, W]
+    if reduce_zero_label:
+        labels = torch.where(labels == 0, IGNORE, labels - 1)
+        labels[labels == IGNORE - 1] = IGNORE
+    return labels
+
+
+def segmentation_task(num_classes: int, reduce_zero_label: bool = False) -> DenseTask:
+    def upsample(logits, size):
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)  # [B, C, H, W]
+
+    return DenseTask(
+        load_target=lambda p: load_labels(p, reduce_zero_label),
+        pad_value=IGNORE,
+        out_channels=num_classes,
+        loss=lambda logits, target: F.cross_entropy(logits, target.long(), ignore_index=IGNORE),
+        to_output=upsample,
+    )
+
+
+def count_classes(pairs, reduce_zero_label: bool = False) -> int:
+    """The largest label of the training maps (255 aside) plus one."""
+    top = -1
+    for _, path in pairs:
+        labels = load_labels(path, reduce_zero_label)
+        labels = labels[labels != IGNORE]
+        top = max(top, int(labels.max()) if labels.numel() else -1)
+    if top < 0:
+        raise UserError("the training label maps hold no labelled pixel")
+    return top + 1
+
+
+def miou_score(results, num_classes: int) -> dict[str, float]:
+    conf = sum(confusion_matrix(out.argmax(0), target, num_classes, IGNORE) for out, target in results)
+    return {"miou": mean_iou(conf), "pixel_acc": 100.0 * (conf.diag().sum() / conf.sum().clamp_min(1)).item()}
+
+
+def run_segmentation(
+    model,
+    train,
+    val,
+    train_labels=None,
+    val_labels=None,
+    num_classes: int | None = None,
+    reduce_zero_label: bool = False,
+    size: int = 512,
+    crop: int = 512,
+    iterations: int = 40000,
+    **kwargs,
+) -> dict[str, float]:
+    """The protocol from image folders (or `image label` lists): `{"miou": …, "pixel_acc": …}` in percent.
+
+    Label folders default to the image folder with `images` replaced by `annotations` (ADE20K layout)."""
+    swap = ("images", "annotations")
+    train_pairs, val_pairs = find_pairs(train, train_labels, swap), find_pairs(val, val_labels, swap)
+    num_classes = num_classes or count_classes(train_pairs, reduce_zero_label)
+    task = segmentation_task(num_classes, reduce_zero_label)
+    score = lambda results: miou_score(results, num_classes)
+    return dense_probe(model, train_pairs, val_pairs, task, score, size, crop, iterations, name="seg", **kwargs)
