@@ -2,6 +2,7 @@
 SIGTERM, skipped non-finite steps, continued pretraining from a checkpoint."""
 
 import contextlib
+import importlib.util
 import os
 import signal
 from pathlib import Path
@@ -28,7 +29,8 @@ def test_three_steps_of_tiny_cpu_through_the_cli(image_folder, tmp_path):
     run = tmp_path / "run"
     argv = ["train", str(TINY_CPU), f"data.path={image_folder}", f"output_dir={run}", "train.steps=3"]
     assert main([*argv, "train.log_every=1"]) == 0
-    assert (run / "config.yaml").is_file() and (run / "tensorboard").is_dir()
+    assert (run / "config.yaml").is_file()
+    assert (run / "tensorboard").is_dir() == (importlib.util.find_spec("tensorboard") is not None)  # optional extra
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all({"loss", "dino", "ibot", "koleo", "lr", "teacher_temp"} <= set(r) for r in records)
