@@ -16,10 +16,11 @@ Settings and how they were chosen:
 - The short-run recipe of configs/pretrain/tiny_cpu.yaml (256 prototypes, Sinkhorn-Knopp, teacher temperature
   0.04, fixed LR 2e-3, a fast teacher; its header gives the reasons). With the released 1024+ prototypes,
   centering and the 0.04 → 0.07 warm-up the DINO targets stayed uniform for the whole run here.
-- Crop scales 0.5–1 (global) and 0.15–0.5 (local) instead of the released 0.32–1 and 0.05–0.32: this is the
-  one setting picked by comparing runs (k-NN after 200 steps 22.5 % against 15.5 % with the released scales,
-  one seed each; 200 validation images, so a few points are noise). At 96 px the released smallest local
-  crops show about one period of a pattern, too little to tell the materials apart.
+- Crop scales 0.5–1 (global) and 0.15–0.5 (local) instead of the released 0.32–1 and 0.05–0.32: the one
+  setting picked by comparing runs (k-NN after 200 steps 22.5 % against 15.5 % with the released scales, one
+  run each). That evidence is weak: runs that differ only in float round-off were seen 7 points apart at 300
+  steps. The reason to keep it: at 96 px the released smallest local crops show about one period of a
+  pattern, too little to tell the materials apart.
 - Protocols at the pretraining resolution with the papers' settings where they apply (k ∈ {10, 20, 100, 200},
   T = 0.07; the linear grid, here 100 epochs of batches of 64 over the small training split; BatchNorm + 1×1
   heads trained with AdamW 1e-3 for 500 iterations instead of 40k, because the training sets are small).
