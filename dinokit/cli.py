@@ -135,11 +135,11 @@ def _add_eval(sub) -> None:
 
 def _eval(args) -> int:
     import json
-    import os
 
     import torch
 
     from . import eval as E
+    from .atomic import atomic_write_text
 
     if args.size < 1:
         raise UserError("--size must be positive")
@@ -175,9 +175,7 @@ def _eval(args) -> int:
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
         print(f"wrote {out}")
     return 0
 
@@ -269,14 +267,14 @@ def _add_train(sub) -> None:
 def _train(args) -> int:
     import logging
 
+    import torch
+
     from .config import PretrainConfig, load_config
     from .train import distributed
     from .train.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(PretrainConfig, args.config, args.overrides)
-    import torch
-
     if not torch.cuda.is_available():
         from .train.build import keep_freed_memory
 
@@ -287,6 +285,9 @@ def _train(args) -> int:
         distributed.shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {run} (teacher backbone: {run / 'teacher_backbone'})")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- extract
 def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="frozen features of images → shards + index (resumable)")

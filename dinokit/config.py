@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .atomic import atomic_write_text
 from .errors import UserError
 from .models.weights import IMAGENET_MEAN, IMAGENET_STD
 
@@ -106,12 +106,7 @@ def save_config(obj: Any, path: str | os.PathLike) -> Path:
     """Write the resolved configuration as YAML, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None))
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -17,15 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..tools.viz import grid_canvas
+from ..atomic import atomic_write_text
+from ..tools.viz import grid_canvas, save_png
 
 _CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -84,7 +79,7 @@ def line_plot(
         ly = top + 8 + 18 * i
         draw.line([W - right + 10, ly + 6, W - right + 30, ly + 6], fill=colour, width=3)
         draw.text((W - right + 36, ly), name, fill=(0, 0, 0), font=font)
-    _save_png(img, path)
+    save_png(np.asarray(img), path)
     return path
 
 
@@ -101,7 +96,7 @@ def image_grid(
         for j, t in enumerate(titles):
             draw.text((j * (cell + 8), 4), t, fill=(0, 0, 0), font=ImageFont.load_default())
         canvas = np.concatenate([np.asarray(strip), canvas])
-    _save_png(Image.fromarray(canvas), path)
+    save_png(canvas, path)
     return path
 
 
@@ -181,9 +176,5 @@ class Report:
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for suffix, text in ((".md", self.markdown()), (".html", self.html())):
-            path = folder / f"{name}{suffix}"
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-            paths.append(path)
+            paths.append(atomic_write_text(folder / f"{name}{suffix}", text))
         return paths[0], paths[1]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from ..atomic import atomic_write, atomic_write_text
 from .config import ViTConfig
 from .convert_hf import dinokit_to_hf
 from .presets import preset_config
@@ -74,20 +74,20 @@ def save_backbone(
     if format == "dinokit":
         meta = {"format": "dinokit", "version": "1", "backbone": json.dumps(config.to_dict())}
         if path.suffix == ".safetensors":
-            _atomic(path, lambda tmp: _save_safetensors(sd, tmp, meta))
+            atomic_write(path, lambda tmp: _save_safetensors(sd, tmp, meta))
         else:
             path.mkdir(parents=True, exist_ok=True)
-            _atomic(path / "model.safetensors", lambda tmp: _save_safetensors(sd, tmp, None))
+            atomic_write(path / "model.safetensors", lambda tmp: _save_safetensors(sd, tmp, None))
             cfg = {"format": "dinokit", "version": 1, "backbone": config.to_dict()}
-            _atomic(path / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
+            atomic_write_text(path / "config.json", json.dumps(cfg, indent=2))
     elif format == "official":
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(path, lambda tmp: torch.save(dinokit_to_official(sd, config), tmp))
+        atomic_write(path, lambda tmp: torch.save(dinokit_to_official(sd, config), tmp))
     elif format == "hf":
         hf_sd, hf_config = dinokit_to_hf(sd, config)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic(path / "model.safetensors", lambda tmp: _save_safetensors(hf_sd, tmp, {"format": "pt"}))
-        _atomic(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2)))
+        atomic_write(path / "model.safetensors", lambda tmp: _save_safetensors(hf_sd, tmp, {"format": "pt"}))
+        atomic_write_text(path / "config.json", json.dumps(hf_config, indent=2))
     else:
         raise ValueError(f"unknown format {format!r}; use 'dinokit', 'official' or 'hf'")
     return path
@@ -97,17 +97,6 @@ def _save_safetensors(sd: StateDict, path: Path, metadata: dict[str, str] | None
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=metadata)
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def backbone_from_spec(spec: str, seed: int = 0, **overrides: Any) -> VisionTransformer:

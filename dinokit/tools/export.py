@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import UserError
 
 OUTPUT_NAMES = ("cls", "registers", "patches")
@@ -217,11 +218,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
     with _quiet_logger(None):  # onnxruntime logs a generic suggestion to pre-process the model first
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
-    os.replace(tmp, dst)
-    return dst
+        return atomic_write(dst, lambda tmp: quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8))
 
 
 def photo_input(size: tuple[int, int], batch: int = 1) -> np.ndarray:

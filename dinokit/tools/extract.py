@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..atomic import atomic_write, atomic_write_text
 from ..data.datasets import ImageDataset, ImageList
 from ..data.transforms import normalize, resize, round_to_patch, to_float
 from ..errors import UserError
@@ -143,12 +144,6 @@ class ExtractSettings:
     extra: dict = field(default_factory=dict)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _ShardWriter:
     """Buffers per-image features and writes them as one shard, then appends the shard's index lines."""
 
@@ -177,9 +172,7 @@ class _ShardWriter:
         if self.fmt == "safetensors":
             from safetensors.torch import save_file
 
-            tmp = self.out / f".{name}.safetensors.tmp"
-            save_file(tensors, str(tmp))
-            os.replace(tmp, self.out / f"{name}.safetensors")
+            atomic_write(self.out / f"{name}.safetensors", lambda tmp: save_file(tensors, str(tmp)))
         else:
             tmp = self.out / f".{name}.tmp"
             tmp.mkdir(exist_ok=True)
@@ -288,7 +281,7 @@ def extract_features(
             raise UserError(f"{out} holds features extracted with other settings ({', '.join(diff)}); "
                             "use another --output folder")  # fmt: skip
     else:
-        _atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+        atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
 
     index = _read_index(out, repair=True)
     done = {e["path"] for e in index}
@@ -321,7 +314,7 @@ def extract_features(
     writer.flush()
     missing = sorted(set(map(str, todo)) - {e["path"] for e in _read_index(out)})
     if missing:
-        _atomic_write_text(out / "skipped.txt", "".join(m + "\n" for m in missing))
+        atomic_write_text(out / "skipped.txt", "".join(m + "\n" for m in missing))
         print(f"skipped {len(missing)} unreadable image(s); listed in {out / 'skipped.txt'}")
     return out
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..atomic import atomic_write
 from ..errors import UserError
 
 IGNORE = 255
@@ -155,10 +156,9 @@ def predict(
 def save_head(head: nn.Module, config: HeadConfig, path: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
-    tmp = f"{path}.tmp"
     sd = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
-    save_file(sd, tmp, metadata={"format": "dinokit-head", "config": json.dumps(asdict(config))})
-    os.replace(tmp, path)
+    metadata = {"format": "dinokit-head", "config": json.dumps(asdict(config))}
+    atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
 
 
 def load_head(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:

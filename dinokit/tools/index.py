@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write, atomic_write_text
 from ..errors import UserError
 
 KINDS = ("exact", "ivf", "hnsw")
@@ -116,13 +117,9 @@ class FeatureIndex:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"dim": self.dim, "kind": self.kind, "source": self.source, "settings": self.settings}
         if self.index is not None:
-            tmp = folder / ".index.faiss.tmp"
-            _faiss().write_index(self.index, str(tmp))
-            os.replace(tmp, folder / "index.faiss")
+            atomic_write(folder / "index.faiss", lambda tmp: _faiss().write_index(self.index, str(tmp)))
         for name, obj in (("paths.json", self.paths), ("meta.json", meta)):
-            tmp = folder / f".{name}.tmp"
-            tmp.write_text(json.dumps(obj, indent=1))
-            os.replace(tmp, folder / name)
+            atomic_write_text(folder / name, json.dumps(obj, indent=1))
         return folder
 
     @classmethod

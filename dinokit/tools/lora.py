@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import UserError
 
 SLICES = {"q": 0, "k": 1, "v": 2}
@@ -152,9 +153,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
             tensors[f"blocks.{i}.{t}.A"] = m.lora_A[t].detach().float().cpu().contiguous()
             tensors[f"blocks.{i}.{t}.B"] = m.lora_B[t].detach().float().cpu().contiguous()
     meta = {"rank": first.rank, "alpha": first.alpha, "targets": "".join(first.targets), "blocks": sorted(modules)}
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata={"format": "dinokit-lora", "config": json.dumps(meta)})
-    os.replace(tmp, path)
+    metadata = {"format": "dinokit-lora", "config": json.dumps(meta)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, freeze: bool = True) -> nn.Module:

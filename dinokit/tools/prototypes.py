@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..atomic import atomic_write
 from ..data.datasets import ImageList
 from ..data.images import decode_image
 from ..errors import UserError
@@ -129,9 +130,7 @@ class Prototypes:
         meta = {"names": self.names, "counts": self.counts, "per_class": self.per_class, "threshold": self.threshold,
                 **self.meta}  # fmt: skip
         tensors = {"prototypes": self.vectors.contiguous(), "owner": self.owner}
-        tmp = f"{path}.tmp"
-        save_file(tensors, tmp, metadata={"dinokit": json.dumps(meta)})
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"dinokit": json.dumps(meta)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Prototypes:

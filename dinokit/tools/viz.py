@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..atomic import atomic_write
 from .extract import Preprocess
 from .matching import sample_descriptors
 
@@ -172,9 +173,7 @@ def grid_canvas(rows: Sequence[Sequence[np.ndarray]], gap: int = 8) -> np.ndarra
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 `[H, W, 3]` array as PNG, atomically."""
-    tmp = f"{path}.tmp.png"
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def save_side_by_side(image: torch.Tensor, feature_rgb: torch.Tensor, path: str | os.PathLike, gap: int = 8) -> None:

@@ -13,14 +13,14 @@ loads; a damaged one is reported and the next older is used.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..atomic import atomic_write
 
 log = logging.getLogger("dinokit.train")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -37,14 +37,7 @@ def checkpoint_files(directory: Path) -> list[Path]:
 def save_checkpoint(directory: Path, step: int, state: dict, keep: int = 3) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     for old in checkpoint_files(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return path
