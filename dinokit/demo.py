@@ -42,7 +42,6 @@ from .data.images import decode_image
 from .data.synthetic import SEG_CLASSES, SynthConfig, write_synthetic
 from .errors import UserError
 from .eval.correspondence import run_correspondence
-from .eval.dense import model_norm
 from .eval.depth import run_depth
 from .eval.features import extract_global_features
 from .eval.knn import knn_features
@@ -183,9 +182,9 @@ def print_table(rows: list[list[str]]) -> str:
 @torch.inference_mode()
 def patch_grid(model, image: torch.Tensor, size: int) -> torch.Tensor:
     """Final-normed patch features `[h, w, D]` of a uint8 image resized to `size`."""
-    from .data.transforms import normalize, resize, to_float
+    from .data.transforms import model_mean_std, normalize, resize, to_float
 
-    mean, std = model_norm(model)
+    mean, std = model_mean_std(model)
     x = normalize(resize(to_float(image), (size, size), mode="bilinear"), mean, std)[None]
     out = model.forward_features(x)
     return out.patches[0].reshape(*out.grid, -1)

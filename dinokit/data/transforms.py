@@ -47,6 +47,12 @@ def center_crop(img: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
     return img[..., top : top + h, left : left + w]
 
 
+def model_mean_std(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation statistics a backbone expects: its own (e.g. the satellite models') or ImageNet's."""
+    extra = model.config.extra
+    return tuple(extra.get("mean", IMAGENET_MEAN)), tuple(extra.get("std", IMAGENET_STD))
+
+
 def normalize(img: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
     m = torch.tensor(mean, dtype=img.dtype, device=img.device).view(-1, 1, 1)
     s = torch.tensor(std, dtype=img.dtype, device=img.device).view(-1, 1, 1)
@@ -78,8 +84,7 @@ class EvalTransform:
     def for_model(cls, model, size: int | None = None) -> EvalTransform:
         """The preprocessing the released model of this generation expects, at `size` px (rounded to patches)."""
         cfg = model.config
-        mean = cfg.extra.get("mean", IMAGENET_MEAN)
-        std = cfg.extra.get("std", IMAGENET_STD)
+        mean, std = model_mean_std(model)
         if cfg.generation == "dinov2":
             crop = round_to_patch(size or 224, cfg.patch_size)
             return cls(resize=round(crop * 256 / 224), crop=crop, mean=mean, std=std, mode="bicubic")

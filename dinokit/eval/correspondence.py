@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.images import decode_image
-from ..data.transforms import normalize, resize, round_to_patch, to_float
+from ..data.transforms import model_mean_std, normalize, resize, round_to_patch, to_float
 from ..errors import UserError
 from ..tools.matching import sample_descriptors
-from .dense import model_norm, patch_features
+from .dense import patch_features
 from .features import default_device
 from .metrics import recall_at
 
@@ -54,7 +54,7 @@ def prepare(model, path: Path, size: int) -> tuple[torch.Tensor, tuple[float, fl
     H, W = image.shape[-2:]
     scale = size / min(H, W)
     h, w = round_to_patch(H * scale, model.patch_size), round_to_patch(W * scale, model.patch_size)
-    mean, std = model_norm(model)
+    mean, std = model_mean_std(model)
     return normalize(resize(image, (h, w), mode="bilinear"), mean, std), (w / W, h / H)
 
 

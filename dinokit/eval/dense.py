@@ -29,9 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.images import IMAGE_EXTENSIONS, decode_image
-from ..data.transforms import normalize, resize, round_to_patch, to_float
+from ..data.transforms import model_mean_std, normalize, resize, round_to_patch, to_float
 from ..errors import UserError
-from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -101,10 +100,6 @@ class DenseTask:
     to_output: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # head logits → output [B, C, size]
 
 
-def model_norm(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return model.config.extra.get("mean", IMAGENET_MEAN), model.config.extra.get("std", IMAGENET_STD)
-
-
 def resize_pair(image: torch.Tensor, target: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Shorter side → `size`: the image bilinearly (antialiased), the target by nearest neighbour."""
     image = resize(to_float(image), size, mode="bilinear")
@@ -138,7 +133,7 @@ def cache_crops(
     model, pairs, task: DenseTask, size: int, crop: int, crops_per_image: int, batch_size: int, device, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features `[N, D, h, w]` (float16) and targets `[N, crop, crop]` of random training crops."""
-    mean, std = model_norm(model)
+    mean, std = model_mean_std(model)
     g = torch.Generator().manual_seed(seed)
     feats, targets, batch = [], [], []
 
@@ -256,7 +251,7 @@ def dense_probe(
         train_pairs = train_pairs[:max_images]
     feats, targets = cache_crops(model, train_pairs, task, size, crop, crops_per_image, 32, device, seed)
     head = train_head(feats, targets, task, iterations, batch_size, lr, seed=seed, desc=f"{name} head")
-    mean, std = model_norm(model)
+    mean, std = model_mean_std(model)
     stride = max(model.patch_size, round_to_patch(crop * 2 // 3, model.patch_size))
     results = []
     for image_path, target_path in tqdm(val_pairs, desc=f"{name} evaluation", unit="img", leave=False):

@@ -20,9 +20,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.datasets import ImageDataset, ImageList, collate_skip_none
-from ..data.transforms import EvalTransform, round_to_patch
+from ..data.transforms import EvalTransform, model_mean_std, round_to_patch
 from ..errors import UserError
-from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -61,8 +60,7 @@ class GlobalFeatures:
 def global_transform(model, size: int = 224) -> EvalTransform:
     """Resize the shorter side to size·256/224 (bicubic), centre-crop `size` rounded to the patch size."""
     crop = round_to_patch(size, model.patch_size)
-    mean = model.config.extra.get("mean", IMAGENET_MEAN)
-    std = model.config.extra.get("std", IMAGENET_STD)
+    mean, std = model_mean_std(model)
     return EvalTransform(resize=round(crop * 256 / 224), crop=crop, mean=mean, std=std, mode="bicubic")
 
 

@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.images import decode_image
-from ..data.transforms import normalize, resize, round_to_patch, to_float
+from ..data.transforms import model_mean_std, normalize, resize, round_to_patch, to_float
 from ..errors import UserError
-from .dense import model_norm
 from .features import default_device
 from .metrics import average_precision
 
@@ -63,7 +62,7 @@ def image_descriptor(model, path: Path, size: int, device, bbox=None) -> torch.T
     scale = size / min(H, W)
     p = model.patch_size
     image = resize(image, (round_to_patch(H * scale, p), round_to_patch(W * scale, p)), mode="bicubic")
-    mean, std = model_norm(model)
+    mean, std = model_mean_std(model)
     cls = model.forward_features(normalize(image, mean, std)[None].to(device)).cls[0]
     return F.normalize(cls.float(), dim=0).cpu()
 

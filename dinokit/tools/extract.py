@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write, atomic_write_text
 from ..data.datasets import ImageDataset, ImageList
-from ..data.transforms import normalize, resize, round_to_patch, to_float
+from ..data.transforms import model_mean_std, normalize, resize, round_to_patch, to_float
 from ..errors import UserError
 from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 
@@ -263,7 +263,7 @@ def extract_features(
         if not 0 <= overlap < tile:
             raise UserError(f"the overlap ({overlap} px after rounding to the patch size) must be in [0, tile={tile})")
     cfg = model.config
-    prep = Preprocess(p, size, tuple(cfg.extra.get("mean", IMAGENET_MEAN)), tuple(cfg.extra.get("std", IMAGENET_STD)))
+    prep = Preprocess(p, size, *model_mean_std(model))
     settings = ExtractSettings(
         backbone=backbone_name or str(cfg.extra.get("source", "")),
         preprocessing={**asdict(prep), "rule": "shorter side → size (native if None), sides rounded to the patch size"},
