@@ -2,9 +2,14 @@
 the released DINOv2 / DINOv3 recipes use: RandomResizedCrop, horizontal flip, ColorJitter (random order of
 brightness / contrast / saturation / hue), RandomGrayscale, GaussianBlur (kernel 9) and RandomSolarize.
 
-Every function takes float images `[..., 3, H, W]` in [0, 1] (any device, batched or not) and a
-`random.Random`, so a sample's augmentation is a pure function of its seed: the same sample gets the same
-crops whatever the number of data workers, and a resumed run reproduces them.
+Random parameters are drawn per sample from a `random.Random` (`color_jitter_params`, the sigma of a blur), so
+a sample's augmentation is a pure function of its seed: the same sample gets the same crops whatever the number
+of data workers, and a resumed run reproduces them. The pixel work takes float images `[..., 3, H, W]` in [0, 1]
+and runs on a whole batch at once with per-sample factors (`apply_color_jitter`, `gaussian_blur` with a tensor
+of sigmas): on a CPU the per-call overhead of many small images costs more than the arithmetic. Every batched
+op is elementwise per sample (the blur is a sum of shifted copies, not a convolution whose algorithm may
+depend on the batch; image means are accumulated in float64), so a sample's pixels do not depend on which
+other samples share its batch.
 
 Deviation: resizing is `F.interpolate(bicubic, antialias=True)` on float tensors, not Pillow's bicubic on uint8;
 the two agree to within resampling noise (no rounding to 8 bits between steps).
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,12 +70,13 @@ def grayscale(img: torch.Tensor) -> torch.Tensor:
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(-3)
 
 
-def _blend(img: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
+def _blend(img: torch.Tensor, other: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
     return (factor * img + (1.0 - factor) * other).clamp_(0.0, 1.0)
 
 
-def adjust_hue(img: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rotate the hue by `shift` (a fraction of the colour circle, in [-0.5, 0.5]) via HSV."""
+def adjust_hue(img: torch.Tensor, shift: float | torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by `shift` (a fraction of the colour circle, in [-0.5, 0.5]) via HSV; a tensor of shifts
+    broadcasts against the hue plane `[..., H, W]` (e.g. `[N, 1, 1]` for a batch)."""
     h, s, v = _rgb_to_hsv(img).unbind(-3)
     h = (h + shift) % 1.0
     return _hsv_to_rgb(torch.stack([h, s, v], dim=-3))
@@ -99,40 +106,88 @@ def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
     return torch.stack(channels, dim=-3)
 
 
-def color_jitter(
-    img: torch.Tensor, rng: random.Random, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1
-) -> torch.Tensor:
-    """ColorJitter: the four adjustments in a random order, each with a factor drawn uniformly."""
+@dataclass(frozen=True)
+class JitterParams:
+    """One sample's ColorJitter draw: the four factors and the order the adjustments are applied in."""
+
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    order: tuple[int, ...]  # a permutation of 0 brightness, 1 contrast, 2 saturation, 3 hue
+
+
+def color_jitter_params(rng: random.Random, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1) -> JitterParams:
+    """Each factor drawn uniformly (brightness, contrast, saturation around 1; hue shift around 0), then a random
+    order of the four adjustments (torchvision's ColorJitter)."""
     b = rng.uniform(max(0.0, 1 - brightness), 1 + brightness)
     c = rng.uniform(max(0.0, 1 - contrast), 1 + contrast)
     s = rng.uniform(max(0.0, 1 - saturation), 1 + saturation)
     h = rng.uniform(-hue, hue)
     order = list(range(4))
     rng.shuffle(order)
-    for op in order:
-        if op == 0:
-            img = (img * b).clamp_(0.0, 1.0)
-        elif op == 1:
-            img = _blend(img, grayscale(img).mean(dim=(-3, -2, -1), keepdim=True), c)
-        elif op == 2:
-            img = _blend(img, grayscale(img), s)
-        else:
-            img = adjust_hue(img, h)
-    return img
+    return JitterParams(b, c, s, h, tuple(order))
 
 
-def gaussian_blur(img: torch.Tensor, sigma: float, kernel_size: int = 9) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding (torchvision's GaussianBlur on one image)."""
+def _image_mean(img: torch.Tensor) -> torch.Tensor:
+    """Per-image mean `[N, 1, 1, 1]` of `[N, C, H, W]`, accumulated in float64 so that it does not depend on how
+    the reduction is split over a batch or threads."""
+    return img.double().mean(dim=(-3, -2, -1), keepdim=True).to(img.dtype)
+
+
+def _jitter_op(op: int, img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Adjustment `op` on `[N, 3, H, W]` with per-sample factors `[N, 1, 1, 1]`."""
+    if op == 0:
+        return (img * factor).clamp_(0.0, 1.0)
+    if op == 1:
+        return _blend(img, _image_mean(grayscale(img)), factor)
+    if op == 2:
+        return _blend(img, grayscale(img), factor)
+    return adjust_hue(img, factor.view(-1, 1, 1))
+
+
+def apply_color_jitter(img: torch.Tensor, params: list[JitterParams | None]) -> torch.Tensor:
+    """ColorJitter of a batch `[N, 3, H, W]`, sample i with `params[i]` (None: left as it is). At each of the
+    four positions of the order, every adjustment runs once on the samples that have it there."""
+    out = img.clone()
+    for position in range(4):
+        for op in range(4):
+            rows = [i for i, p in enumerate(params) if p is not None and p.order[position] == op]
+            if not rows:
+                continue
+            factor = torch.tensor(
+                [(params[i].brightness, params[i].contrast, params[i].saturation, params[i].hue)[op] for i in rows],
+                dtype=img.dtype, device=img.device,
+            ).view(-1, 1, 1, 1)  # fmt: skip
+            index = torch.tensor(rows, device=img.device)
+            out[index] = _jitter_op(op, out[index], factor)
+    return out
+
+
+def color_jitter(
+    img: torch.Tensor, rng: random.Random, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1
+) -> torch.Tensor:
+    """ColorJitter of one image `[3, H, W]`: the four adjustments in a random order, each with a factor drawn
+    uniformly."""
+    params = color_jitter_params(rng, brightness, contrast, saturation, hue)
+    return apply_color_jitter(img[None], [params])[0]
+
+
+def gaussian_blur(img: torch.Tensor, sigma: float | torch.Tensor, kernel_size: int = 9) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding (torchvision's GaussianBlur). `sigma` is one number, or one
+    per image `[N]` for a batch `[N, C, H, W]`. Computed as a weighted sum of shifted copies, row pass then
+    column pass, so each image's result is the same whatever else is in the batch."""
     half = (kernel_size - 1) * 0.5
     x = torch.linspace(-half, half, kernel_size, dtype=img.dtype, device=img.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()  # [ks]
-    C = img.shape[-3]
-    batched = img.reshape(-1, C, *img.shape[-2:])  # [N, C, H, W]
+    sigma = torch.as_tensor(sigma, dtype=img.dtype, device=img.device)
+    batched = img.reshape(-1, *img.shape[-3:])  # [N, C, H, W]
+    k = torch.exp(-0.5 * (x / sigma.reshape(-1, 1)) ** 2)  # [1 or N, ks]
+    k = (k / k.sum(dim=1, keepdim=True)).reshape(-1, 1, 1, 1, kernel_size).unbind(-1)  # ks × [1 or N, 1, 1, 1]
     pad = kernel_size // 2
-    y = F.pad(batched, (pad, pad, pad, pad), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+    H, W = batched.shape[-2:]
+    y = F.pad(batched, (pad, pad, pad, pad), mode="reflect")  # [N, C, H + 2p, W + 2p]
+    y = sum(w * y[..., j : j + W] for j, w in enumerate(k))  # along rows: [N, C, H + 2p, W]
+    y = sum(w * y[..., j : j + H, :] for j, w in enumerate(k))  # along columns: [N, C, H, W]
     return y.reshape(img.shape)
 
 

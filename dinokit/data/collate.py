@@ -78,6 +78,13 @@ def collate_views(
         local_crops = torch.stack([v[1][i] for i in range(n_local) for v in views])  # [L·B, 3, s, s]
     else:
         local_crops = global_crops.new_zeros(0, *global_crops.shape[1:])
+    return collate_crops(global_crops, local_crops, masks, n_global, index, skipped)
+
+
+def collate_crops(
+    global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor, n_global: int = 2, index=-1, skipped=()
+) -> Batch:
+    """A `Batch` from crop-major crops `[G·B, 3, S, S]`, `[L·B, 3, s, s]` and the masks `[G·B, N]`."""
     if masks.shape[1] == 0:
         masks = torch.zeros(global_crops.shape[0], 0, dtype=torch.bool)
     mask_indices = masks.flatten().nonzero().flatten()  # [M]

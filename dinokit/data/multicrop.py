@@ -1,4 +1,4 @@
-"""Multi-crop views of one image for SSL training (DINO §3.1; DINOv2 / DINOv3 recipes, REFERENCE §3).
+"""Multi-crop views of images for SSL training (DINO §3.1; DINOv2 / DINOv3 recipes, REFERENCE §3).
 
 Each image gives 2 global crops (RandomResizedCrop scale (0.32, 1), bicubic) and `local_number` local crops
 (scale (0.05, 0.32)), each flipped with p 0.5, colour-jittered (0.4, 0.4, 0.2, 0.1) with p 0.8, turned grey
@@ -8,12 +8,18 @@ normalised. The teacher sees the same global crops as the student.
 Blur probabilities: the released code passes `1 − p` to torchvision's RandomApply, so the released models were
 trained with global-1 blur *never*, global-2 blur 0.9 and locals 0.5 ("released", the default); the
 intended values 1.0 / 0.1 / 0.5 are `probabilities: intended`.
+
+Two phases: `plan` draws every random decision of one image's crops from that image's generator (in a fixed
+order, so a sample's crops depend on its seed only); `render_slot` then does the pixel work for a whole batch, one
+crop slot at a time (e.g. "global crop 2 of every image"), which is what makes small crops cheap on a CPU. A
+sample's pixels do not depend on the other samples of its batch (see `augment.py`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -24,6 +30,18 @@ BLUR_PROBABILITIES = {  # (global 1, global 2, local)
     "intended": (1.0, 0.1, 0.5),
 }
 SOLARIZE_P = 0.2  # global crop 2 only
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """The random decisions of one crop of one image."""
+
+    box: tuple[int, int, int, int]  # top, left, height, width in the source image
+    flip: bool
+    jitter: A.JitterParams | None
+    gray: bool
+    blur_sigma: float | None
+    solarize: bool
 
 
 class MultiCrop:
@@ -53,25 +71,61 @@ class MultiCrop:
             crops.probabilities, data.mean, data.std,
         )  # fmt: skip
 
-    def _view(self, img: torch.Tensor, size: int, scale, blur_p: float, solarize_p: float, rng: random.Random):
-        x = A.resized_crop(img, A.random_resized_crop_box(img.shape[-2], img.shape[-1], scale, rng), size)
-        x = A.hflip(x, rng)
-        if rng.random() < 0.8:
-            x = A.color_jitter(x, rng)
-        if rng.random() < 0.2:
-            x = A.grayscale(x).expand(3, -1, -1)
-        if rng.random() < blur_p:
-            x = A.gaussian_blur(x, rng.uniform(0.1, 2.0))
-        if rng.random() < solarize_p:
-            x = A.solarize(x)
+    # ------------------------------------------------------------------------------------------ random
+    @staticmethod
+    def _plan_view(height: int, width: int, scale, blur_p: float, solarize_p: float, rng: random.Random) -> ViewPlan:
+        box = A.random_resized_crop_box(height, width, scale, rng)
+        flip = rng.random() < 0.5
+        jitter = A.color_jitter_params(rng) if rng.random() < 0.8 else None
+        gray = rng.random() < 0.2
+        blur_sigma = rng.uniform(0.1, 2.0) if rng.random() < blur_p else None
+        solarize = rng.random() < solarize_p
+        return ViewPlan(box, flip, jitter, gray, blur_sigma, solarize)
+
+    def plan(self, height: int, width: int, rng: random.Random) -> list[ViewPlan]:
+        """The decisions for one `height × width` image's crops: 2 global, then `local_number` local."""
+        g1, g2, gl = self.blur_p
+        return [
+            self._plan_view(height, width, self.global_scale, g1, 0.0, rng),
+            self._plan_view(height, width, self.global_scale, g2, SOLARIZE_P, rng),
+            *(self._plan_view(height, width, self.local_scale, gl, 0.0, rng) for _ in range(self.local_number)),
+        ]
+
+    # ------------------------------------------------------------------------------------------ pixels
+    def render_slot(self, images: Sequence[torch.Tensor], plans: Sequence[ViewPlan], size: int) -> torch.Tensor:
+        """One crop of each image (uint8 `[3, H, W]`, with its plan) → normalised float `[N, 3, size, size]`."""
+        x = torch.stack([A.resized_crop(img, p.box, size) for img, p in zip(images, plans)])  # [N, 3, S, S]
+        flip = [i for i, p in enumerate(plans) if p.flip]
+        if flip:
+            x[flip] = x[flip].flip(-1)
+        if any(p.jitter is not None for p in plans):
+            x = A.apply_color_jitter(x, [p.jitter for p in plans])
+        gray = [i for i, p in enumerate(plans) if p.gray]
+        if gray:
+            x[gray] = A.grayscale(x[gray]).expand(-1, 3, -1, -1)
+        blur = [i for i, p in enumerate(plans) if p.blur_sigma is not None]
+        if blur:
+            x[blur] = A.gaussian_blur(x[blur], torch.tensor([plans[i].blur_sigma for i in blur]))
+        solarize = [i for i, p in enumerate(plans) if p.solarize]
+        if solarize:
+            x[solarize] = A.solarize(x[solarize])
         return A.normalize(x, self.mean, self.std)
 
-    def __call__(self, img: torch.Tensor, rng: random.Random) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """uint8 `[3, H, W]` → (2 global crops `[3, G, G]`, `local_number` local crops `[3, L, L]`), float32."""
-        g1, g2, gl = self.blur_p
-        globals_ = [
-            self._view(img, self.global_size, self.global_scale, g1, 0.0, rng),
-            self._view(img, self.global_size, self.global_scale, g2, SOLARIZE_P, rng),
+    def batch(
+        self, images: Sequence[torch.Tensor], rngs: Sequence[random.Random]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images `[3, H, W]`, one generator each → crop-major `(global [2·B, 3, G, G], local [L·B, 3, l, l])`:
+        global crop 1 of every image, then global crop 2 of every image; likewise the local crops."""
+        plans = [self.plan(img.shape[-2], img.shape[-1], rng) for img, rng in zip(images, rngs)]
+        slots = [
+            self.render_slot(images, [p[k] for p in plans], self.global_size if k < 2 else self.local_size)
+            for k in range(2 + self.local_number)
         ]
-        locals_ = [self._view(img, self.local_size, self.local_scale, gl, 0.0, rng) for _ in range(self.local_number)]
-        return globals_, locals_
+        empty = slots[0].new_zeros(0, 3, self.local_size, self.local_size)
+        local = torch.cat(slots[2:]) if self.local_number else empty
+        return torch.cat(slots[:2]), local
+
+    def __call__(self, img: torch.Tensor, rng: random.Random) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One uint8 image `[3, H, W]` → (2 global crops `[3, G, G]`, `local_number` local crops `[3, L, L]`)."""
+        global_crops, local_crops = self.batch([img], [rng])
+        return list(global_crops), list(local_crops)

@@ -28,9 +28,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
-from .collate import Batch, collate_views, make_masks
+from .collate import Batch, collate_crops, make_masks
 from .datasets import ImageList
 from .images import ImageDecodeError, decode_image
+from .multicrop import MultiCrop
 from .shards import expand_shards, is_shard_source, iter_members, read_member
 
 log = logging.getLogger("dinokit.data")
@@ -114,7 +115,7 @@ class SSLStream(IterableDataset):
     def __init__(
         self,
         source: ImageSource | ShardSource,
-        views: Callable,  # (uint8 image, random.Random) → (global crops, local crops)
+        views: MultiCrop,  # .batch(uint8 images, random generators) → crop-major (global, local) crops
         mask_generator,  # BlockMaskGenerator or None (no iBOT)
         masking,  # the `masking` config section
         batch_size: int,
@@ -163,13 +164,13 @@ class SSLStream(IterableDataset):
         if not images:
             raise UserError(f"no readable image in batch {b} of the stream (e.g. {failed[0]})")
         readable = list(images.values())
-        views = []
-        for i, (key, _, _) in enumerate(items):
-            img = images.get(key, readable[i % len(readable)])  # an unreadable file: reuse a readable image
-            views.append(self.views(img, random.Random(f"{self.seed}:{key}")))
+        # an unreadable file: reuse a readable image, augmented with the failed position's seed
+        batch_images = [images.get(key, readable[i % len(readable)]) for i, (key, _, _) in enumerate(items)]
+        rngs = [random.Random(f"{self.seed}:{key}") for key, _, _ in items]
+        global_crops, local_crops = self.views.batch(batch_images, rngs)
         m = self.masking
         masks = make_masks(
-            len(views) * 2, self.mask_generator, random.Random(f"{self.seed}:masks:{self.rank}:{b}"),
+            len(items) * 2, self.mask_generator, random.Random(f"{self.seed}:masks:{self.rank}:{b}"),
             m.sample_probability, m.ratio_min_max, exact_upper=m.style == "dinov3",
         )  # fmt: skip
-        return collate_views(views, masks, index=b, skipped=failed)
+        return collate_crops(global_crops, local_crops, masks, index=b, skipped=failed)

@@ -56,6 +56,13 @@ def test_colour_ops_behave_like_their_definitions():
     blurred = A.gaussian_blur(spike, 1.0)
     assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5) and blurred[0, 10, 10] < 0.2
     torch.testing.assert_close(blurred, blurred.transpose(1, 2))  # isotropic
+    img = torch.rand(3, 15, 17)  # against a plain 2-D convolution with the outer-product kernel
+    t = torch.arange(9.0) - 4
+    k1 = torch.exp(-0.5 * (t / 1.3) ** 2)
+    k2 = torch.outer(k1, k1) / k1.sum() ** 2
+    padded = torch.nn.functional.pad(img[None], (4, 4, 4, 4), mode="reflect")
+    expected = torch.nn.functional.conv2d(padded, k2.expand(3, 1, 9, 9), groups=3)[0]
+    torch.testing.assert_close(A.gaussian_blur(img, 1.3), expected, rtol=0, atol=1e-6)
 
 
 def test_multicrop_shapes_determinism_and_blur_probabilities():
@@ -67,6 +74,32 @@ def test_multicrop_shapes_determinism_and_blur_probabilities():
     torch.testing.assert_close(g[0], g2[0])  # a seed fixes the crops
     assert mc.blur_p == (0.0, 0.9, 0.5)  # the released models' effective probabilities
     assert MultiCrop(probabilities="intended").blur_p == (1.0, 0.1, 0.5)
+
+
+def test_batched_crops_of_a_sample_do_not_depend_on_its_batch_mates():
+    """The pixel work runs per crop slot over the whole batch; each sample must still get exactly the crops it
+    gets alone (the property that makes 2 ranks × B equal 1 rank × 2B, and workers irrelevant)."""
+    mc = MultiCrop(global_size=32, local_number=3, local_size=16, probabilities="intended")
+    images = [torch.randint(0, 255, (3, 50 + 7 * i, 70), dtype=torch.uint8) for i in range(6)]
+    g, loc = mc.batch(images, [random.Random(i) for i in range(6)])  # crop-major: [2·6, …], [3·6, …]
+    assert g.shape == (12, 3, 32, 32) and loc.shape == (18, 3, 16, 16)
+    for i in (0, 4):
+        alone_g, alone_l = mc(images[i], random.Random(i))
+        torch.testing.assert_close(g[i :: 6], torch.stack(alone_g), rtol=0, atol=0)
+        torch.testing.assert_close(loc[i :: 6], torch.stack(alone_l), rtol=0, atol=0)
+
+
+def test_batched_colour_jitter_and_blur_match_one_image_at_a_time():
+    x = torch.rand(5, 3, 12, 12)
+    params = [A.color_jitter_params(random.Random(i)) for i in range(4)] + [None]
+    out = A.apply_color_jitter(x, params)
+    torch.testing.assert_close(out[4], x[4], rtol=0, atol=0)  # None: untouched
+    for i in range(4):
+        torch.testing.assert_close(out[i], A.color_jitter(x[i], random.Random(i)), rtol=0, atol=0)
+    sigmas = torch.tensor([0.3, 1.0, 1.7, 2.0, 0.1])
+    blurred = A.gaussian_blur(x, sigmas)
+    for i in range(5):
+        torch.testing.assert_close(blurred[i], A.gaussian_blur(x[i], float(sigmas[i])), rtol=0, atol=0)
 
 
 # -------------------------------------------------------------------------------------------------- masking
