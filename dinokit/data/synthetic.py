@@ -7,9 +7,13 @@ away. Flat "cards" stand on the ground at random depths, each cut to a shape (di
 blob) and painted with one of ten *materials*: binary patterns (stripes, bars, checker, dots, rings, grid,
 chevron, bricks, diamonds, blobs) in two muted colours (random grey levels, faint random tints: a saturated
 random colour pair is the cheapest cue for telling images apart, which a short self-supervised run learns
-first and which says nothing about the material; docs/training.md). Patterns are drawn in world units (≈ 4
-cycles per metre, the material's characteristic scale), so a far card shows a finer pattern than a near one,
-and the ground's soft pattern gets finer towards the horizon: texture scale is a depth cue, as in real scenes.
+first and which says nothing about the material; docs/training.md). Patterns are drawn in world units (≈ 8
+cycles per metre, the material's characteristic scale), so a far card shows a finer pattern than a near one.
+The ground is isotropic "gravel" noise and the wall a vertical grain, both aperiodic and also in world units,
+so the gravel gets finer towards the horizon: texture scale is a depth cue, as in real scenes.
+Classification images are object-centric, like a photo of one thing: one card held up about a metre in front
+of the camera fills most of the frame, its cut-out shape showing the room at the edges. Segmentation and
+depth scenes are cluttered: three to six cards at 1.2–3.5 m.
 
 Why a random network cannot solve it. Every colour is drawn independently of the class (two grey levels per
 card that drift across it, swapped at random, pattern coverage 30–50 % for every material, per-image tint and
@@ -48,8 +52,10 @@ SEG_CLASSES = (*MATERIALS, "ground", "wall")
 SHAPES = ("disc", "triangle", "square", "hexagon", "blob")
 IGNORE = 255  # segmentation label of the one-pixel band along each boundary
 CAMERA_HEIGHT = 1.6  # metres
-MATERIAL_FREQUENCY = 4.0  # cycles per metre (± 12 % per card)
+MATERIAL_FREQUENCY = 8.0  # cycles per metre (± 12 % per card)
 MAX_DEPTH = 10.0  # metres; the wall is nearer
+GROUND_FREQUENCY = 2.5  # cycles per metre of the ground's gravel texture (× 0.8–1.25 per scene)
+WALL_FREQUENCY = 1.2  # cycles per metre of the wall's grain
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,23 @@ def _drifting_pair(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tu
     return a1 * (1 - s) + b1 * s, a2 * (1 - s) + b2 * s
 
 
+def _noise_field(
+    x: np.ndarray, y: np.ndarray, freq: float, rng: np.random.Generator, grain: float | None = None, waves: int = 12
+) -> np.ndarray:
+    """Aperiodic band-limited noise, about zero mean and unit variance: `waves` sinusoids of random phase at
+    0.7–1.4 × `freq` cycles per unit, plus a second octave at half the amplitude. Directions are uniform
+    (isotropic "gravel"), or within ±12° of `grain` radians (streaks across that direction, like wood grain).
+    No two places look alike, unlike the periodic materials."""
+    total = 0.0
+    for octave, amplitude in ((1.0, 1.0), (2.0, 0.5)):
+        for _ in range(waves):
+            angle = rng.uniform(0, np.pi) if grain is None else grain + rng.uniform(-0.2, 0.2)
+            f = octave * freq * rng.uniform(0.7, 1.4)
+            phase = rng.uniform(0, 2 * np.pi)
+            total = total + amplitude * np.cos(2 * np.pi * f * (x * np.cos(angle) + y * np.sin(angle)) + phase)
+    return total / math.sqrt(waves * 1.25 / 2)
+
+
 def _soft_field(x: np.ndarray, y: np.ndarray, freq: float, rng: np.random.Generator) -> np.ndarray:
     """A smooth random field in [0, 1]: three sinusoids of random direction at `freq` cycles per unit."""
     total = 0.0
@@ -148,6 +171,7 @@ class Card:
     x: float  # image column of the card's centre, pixels
     height: float  # metres
     width: float
+    lift: float = 0.0  # metres between the ground and the card's lower edge (held up in front of the camera)
 
 
 @dataclass
@@ -171,11 +195,18 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, rng: np.random.Gener
     return rho * np.cos((theta - spin) % sector - sector / 2) <= math.cos(math.pi / n)
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int, focal: float, cards: list[Card]) -> Scene:
+def random_horizon(rng: np.random.Generator, height: int) -> float:
+    """Image row of the horizon: the camera looks slightly downwards."""
+    return height / 2 - height * rng.uniform(0.05, 0.3)
+
+
+def render_scene(
+    rng: np.random.Generator, height: int, width: int, focal: float, cards: list[Card], horizon: float | None = None
+) -> Scene:
     """Render ground, wall and cards (far to near) for a camera with principal point at the image centre."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5  # pixel centres
-    cx, cy = width / 2, height / 2
-    horizon = cy - height * rng.uniform(0.05, 0.3)
+    cx = width / 2
+    horizon = random_horizon(rng, height) if horizon is None else horizon
     wall_depth = rng.uniform(6.0, 9.5)
     below = yy - horizon
     ground_depth = np.where(below > 0, focal * CAMERA_HEIGHT / np.maximum(below, 1e-3), np.inf)
@@ -185,16 +216,19 @@ def render_scene(rng: np.random.Generator, height: int, width: int, focal: float
     world_x = (xx - cx) * depth / focal
     world_y = np.where(labels == GROUND, depth, (horizon - yy) * depth / focal + CAMERA_HEIGHT)
     image = np.empty((height, width, 3), np.float32)
-    for cls, freq in ((GROUND, rng.uniform(0.25, 0.5)), (WALL, rng.uniform(0.1, 0.25))):
-        a, b = _muted(rng, rng.uniform(0.1, 0.9)), _muted(rng, rng.uniform(0.1, 0.9))  # drift, no pattern
-        t = _soft_field(world_x, world_y, freq, rng)
+    # ground: gravel (isotropic noise) in world units, finer towards the horizon; wall: vertical grain
+    for cls, freq, grain in ((GROUND, GROUND_FREQUENCY, None), (WALL, WALL_FREQUENCY, 0.0)):
+        a, b = _colour_pair(rng)
         sel = labels == cls
-        image[sel] = (a * (1 - t[sel, None]) + b * t[sel, None]).astype(np.float32)
+        wx, wy = world_x[sel], world_y[sel]  # only the pixels of this surface
+        noise = _noise_field(wx, wy, freq * rng.uniform(0.8, 1.25), rng, grain)
+        t = np.clip(0.5 + 0.2 * noise + 0.6 * (_soft_field(wx, wy, 0.15, rng) - 0.5), 0, 1)[:, None]
+        image[sel] = (a * (1 - t) + b * t).astype(np.float32)
 
     for card in sorted(cards, key=lambda c: -c.depth):
         half_h = focal * card.height / (2 * card.depth)
         half_w = focal * card.width / (2 * card.depth)
-        base = horizon + focal * CAMERA_HEIGHT / card.depth  # where the card stands on the ground
+        base = horizon + focal * (CAMERA_HEIGHT - card.lift) / card.depth  # image row of the card's lower edge
         top, bottom = int(max(base - 2 * half_h, 0)), int(min(base, height - 1)) + 1
         left, right = int(max(card.x - half_w, 0)), int(min(card.x + half_w, width - 1)) + 1
         if top >= bottom or left >= right:
@@ -249,16 +283,21 @@ def _card(rng, size: int, material: int, near: float, far: float, scale: tuple[f
 
 
 def object_scene(rng: np.random.Generator, size: int, material: int) -> Scene:
-    """A classification image: one near card of `material` and up to two plain cards behind it."""
-    main = _card(rng, size, material, 1.1, 1.7, (1.1, 1.6), (0.35, 0.65))  # fills most of the frame
+    """A classification image, object-centric like a photo of one thing: a card of `material` held up about a
+    metre in front of the camera, filling most of the frame (its cut-out shape shows the room behind it at the
+    edges), and up to two plain cards standing further back."""
+    main = _card(rng, size, material, 1.0, 1.4, (1.3, 1.8), (0.4, 0.6))
+    horizon = random_horizon(rng, size)
+    centre = CAMERA_HEIGHT - (size / 2 - horizon) * main.depth / size  # height in the world of the image centre
+    main.lift = max(centre - main.height / 2 + rng.uniform(-0.1, 0.1), 0.0)
     plain = [_card(rng, size, -1, 3.5, 6.0, (0.5, 1.2), (0.1, 0.9)) for _ in range(rng.integers(0, 3))]
-    return render_scene(rng, size, size, float(size), [main, *plain])
+    return render_scene(rng, size, size, float(size), [main, *plain], horizon)
 
 
 def dense_scene(rng: np.random.Generator, height: int, width: int, focal: float, cards=(3, 6)) -> Scene:
     """A segmentation / depth scene: `cards` (a range, inclusive) cards of random materials at random depths."""
     cards = [
-        _card(rng, width, int(rng.integers(len(MATERIALS))), 1.4, 5.0, (0.6, 1.5), (0.05, 0.95))
+        _card(rng, width, int(rng.integers(len(MATERIALS))), 1.2, 3.5, (0.7, 1.5), (0.05, 0.95))
         for _ in range(rng.integers(cards[0], cards[1] + 1))
     ]
     return render_scene(rng, height, width, focal, cards)

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinokit.data.synthetic import MATERIALS, SEG_CLASSES, SynthConfig, apply_homography, random_homography, warp
+from dinokit.data.synthetic import (
+    MATERIALS,
+    SEG_CLASSES,
+    SynthConfig,
+    apply_homography,
+    object_scene,
+    random_homography,
+    warp,
+)
 from dinokit.data.synthetic import write_synthetic as write
 
 SMALL = SynthConfig(size=48, pretrain=4, train_per_class=2, val_per_class=1, dense_train=3, dense_val=2, pairs=2,
@@ -74,3 +82,10 @@ def test_warp_moves_a_point_where_the_homography_says():
             continue
         y, x = np.unravel_index(view.argmax(), view.shape)
         assert np.hypot(x + 0.5 - q[0], y + 0.5 - q[1]) < 1.0
+
+
+def test_classification_images_are_object_centric():
+    """The class's card covers the image centre and most of the frame, so the image-level label is about it."""
+    covers = [object_scene(np.random.default_rng(s), 96, s % 10).labels == s % 10 for s in range(30)]
+    assert all(c[48, 48] for c in covers)
+    assert np.mean([c.mean() for c in covers]) > 0.6 and min(c.mean() for c in covers) > 0.25
