@@ -26,6 +26,7 @@ from ..tools.matching import sample_descriptors
 from .dense import patch_features
 from .features import default_device
 from .metrics import recall_at
+from .significance import Scores, percent_of
 
 THRESHOLDS = (5, 10, 20)
 
@@ -77,9 +78,12 @@ def match_pair(model, pair: dict, size: int, device) -> torch.Tensor:
 
 
 def run_correspondence(model, pairs_json: str | Path, size: int = 224, thresholds=THRESHOLDS, device=None):
-    """The protocol from a pairs JSON: `{"recall@5": …, "recall@10": …, "recall@20": …}` (percent)."""
+    """The protocol from a pairs JSON: `{"recall@5": …, "recall@10": …, "recall@20": …}` (percent); `.per_item`
+    holds the matched and total keypoints of each pair."""
     pairs = load_pairs_json(pairs_json)
     device = torch.device(device) if device is not None else default_device()
     model = model.eval().to(device)
     errors = [match_pair(model, p, size, device) for p in tqdm(pairs, desc="correspondence", unit="pair", leave=False)]
-    return recall_at(torch.cat(errors), thresholds)
+    counts = torch.tensor([len(e) for e in errors])
+    items = {f"recall@{t:g}": percent_of(torch.stack([(e <= t).sum() for e in errors]), counts) for t in thresholds}
+    return Scores(recall_at(torch.cat(errors), thresholds), items)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .dense import DenseTask, dense_probe, find_pairs, read_array
 from .metrics import depth_errors, mean_of
+from .significance import Scores, mean_over_items
 
 EIGEN_CROP = (45, 471, 41, 601)  # top, bottom, left, right of the standard NYU evaluation crop (480×640)
 
@@ -49,7 +50,9 @@ def depth_task(min_depth: float, max_depth: float, bins: int = 256, depth_scale:
     )
 
 
-def depth_score(results, min_depth: float, max_depth: float, eigen_crop: bool = False) -> dict[str, float]:
+def depth_score(results, min_depth: float, max_depth: float, eigen_crop: bool = False) -> Scores:
+    """RMSE, AbsRel and δ<1.25 per validation image with valid pixels, averaged over those images; `.per_item`
+    holds the per-image values."""
     per_image = []
     for pred, gt in results:
         valid = (gt > min_depth) & (gt <= max_depth)
@@ -62,7 +65,8 @@ def depth_score(results, min_depth: float, max_depth: float, eigen_crop: bool = 
             per_image.append(depth_errors(pred[0].clamp(min_depth, max_depth), gt, valid))
     if not per_image:
         raise ValueError("no validation image has valid depth pixels in range")
-    return mean_of(per_image)
+    items = {k: mean_over_items(torch.tensor([d[k] for d in per_image])) for k in per_image[0]}
+    return Scores(mean_of(per_image), items)
 
 
 def run_depth(

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .features import GlobalFeatures, align_classes, extract_global_features, require_labels
 from .metrics import top1_accuracy
+from .significance import Scores, percent_of
 
 KS = (10, 20, 100, 200)
 TEMPERATURE = 0.07
@@ -72,9 +73,10 @@ def knn_eval(
     temperature: float = TEMPERATURE,
     num_classes: int | None = None,
     use_faiss: bool | None = None,
-) -> dict[str, float]:
+) -> Scores:
     """k-NN top-1 (percent) for each k: `{"top1_k10": …, "top1_k20": …}` from in-memory features `[N, D]`
-    and integer labels `[N]` (e.g. the CLS features of a periodic evaluation during training)."""
+    and integer labels `[N]` (e.g. the CLS features of a periodic evaluation during training); `.per_item` holds
+    which test image each k got right (`significance.py`)."""
     if train_features.shape[0] == 0 or test_features.shape[0] == 0:
         raise ValueError("k-NN needs at least one training and one test feature")
     train = F.normalize(train_features.float(), dim=1)
@@ -83,14 +85,15 @@ def knn_eval(
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     sims, idx = nearest_neighbours(test.cpu(), train.cpu(), max(ks), use_faiss)  # [M, kmax]
     neighbour_labels = train_labels[idx]  # [M, kmax]
-    results = {}
+    results, items = {}, {}
     for k in ks:
         votes = knn_vote(sims[:, :k], neighbour_labels[:, :k], num_classes, temperature)
         results[f"top1_k{k}"] = top1_accuracy(votes.argmax(dim=1), test_labels)
-    return results
+        items[f"top1_k{k}"] = percent_of(votes.argmax(dim=1) == test_labels)
+    return Scores(results, items)
 
 
-def knn_features(train: GlobalFeatures, val: GlobalFeatures, **kwargs) -> dict[str, float]:
+def knn_features(train: GlobalFeatures, val: GlobalFeatures, **kwargs) -> Scores:
     """k-NN on cached features of two labelled image sets (last-block CLS)."""
     require_labels(train, "training")
     require_labels(val, "validation")

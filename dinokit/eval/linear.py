@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from .features import GlobalFeatures, align_classes, extract_global_features, require_labels
 from .metrics import top1_accuracy
+from .significance import Scores, percent_of
 
 LEARNING_RATES = tuple(m * 10.0**e for e in range(-5, -1) for m in (1, 2, 5)) + (0.1,)
 VARIANTS = ((1, False), (1, True), (4, False), (4, True))  # (CLS of the last n blocks, + average patch token)
@@ -54,10 +55,11 @@ def linear_probe(
     holdout: float = 0.1,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, float]:
+) -> Scores:
     """Train the grid on `train` minus a held-out split, select on the split, report top-1 (percent) on `val`.
 
-    Returns `top1`, `holdout_top1`, and the chosen `lr` (unscaled), `n_blocks` and `avgpool` (0/1)."""
+    Returns `top1`, `holdout_top1`, and the chosen `lr` (unscaled), `n_blocks` and `avgpool` (0/1); `.per_item`
+    holds which validation image the chosen classifier got right."""
     require_labels(train, "training")
     require_labels(val, "validation")
     val = align_classes(train, val)
@@ -100,23 +102,24 @@ def linear_probe(
             step += 1
 
     @torch.no_grad()
-    def accuracies(features: GlobalFeatures) -> list[float]:
+    def predictions(features: GlobalFeatures) -> torch.Tensor:  # [n_variants · n_lr, B]
         out = []
         for (n, pool), w, b in zip(variants, weights, biases):
-            pred = (torch.einsum("bd,ldc->lbc", features.variant(n, pool), w) + b).argmax(-1)  # [n_lr, B]
-            out += [top1_accuracy(p, features.labels) for p in pred]
-        return out
+            out.append((torch.einsum("bd,ldc->lbc", features.variant(n, pool), w) + b).argmax(-1))  # [n_lr, B]
+        return torch.cat(out)
 
-    sel_acc = accuracies(sel)
+    sel_acc = [top1_accuracy(p, sel.labels) for p in predictions(sel)]
     best = max(range(len(sel_acc)), key=lambda i: sel_acc[i])  # the first of equals: the smaller lr, fewer features
     n_blocks, pool = variants[best // n_lr]
-    return {
-        "top1": accuracies(val)[best],
+    val_pred = predictions(val)[best]  # [B]
+    metrics = {
+        "top1": top1_accuracy(val_pred, val.labels),
         "holdout_top1": sel_acc[best],
         "lr": learning_rates[best % n_lr],
         "n_blocks": n_blocks,
         "avgpool": int(pool),
     }
+    return Scores(metrics, {"top1": percent_of(val_pred == val.labels)})
 
 
 def run_linear(model, train, val, size: int = 224, batch_size: int = 64, num_workers: int = 0, device=None, **kw):

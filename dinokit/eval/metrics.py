@@ -37,13 +37,20 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 def mean_iou(conf: torch.Tensor) -> float:
     """mIoU in percent: mean over classes with a non-empty union of `TP / (TP + FP + FN)`."""
-    conf = conf.double()
-    tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    if not present.any():
+    if not (conf.sum(0) + conf.sum(1) > 0).any():
         raise ValueError("no labelled pixels to score")
-    return 100.0 * (tp[present] / union[present]).mean().item()
+    return mean_iou_of(conf).item()
+
+
+def mean_iou_of(conf: torch.Tensor) -> torch.Tensor:
+    """`mean_iou` of a stack of confusion matrices `[..., C, C]` → `[...]` (percent; 0 where nothing is
+    labelled)."""
+    conf = conf.double()
+    tp = conf.diagonal(dim1=-2, dim2=-1)  # [..., C]
+    union = conf.sum(-2) + conf.sum(-1) - tp
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp_min(1e-12), torch.zeros_like(tp))
+    return 100.0 * iou.sum(-1) / present.sum(-1).clamp_min(1)
 
 
 # ----------------------------------------------------------------------------------------------- depth

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .dense import DenseTask, dense_probe, find_pairs, read_array
-from .metrics import confusion_matrix, mean_iou
+from .metrics import confusion_matrix, mean_iou, mean_iou_of
+from .significance import ItemStats, Scores
 
 IGNORE = 255
 
@@ -51,9 +52,22 @@ def count_classes(pairs, reduce_zero_label: bool = False) -> int:
     return top + 1
 
 
-def miou_score(results, num_classes: int) -> dict[str, float]:
-    conf = sum(confusion_matrix(out.argmax(0), target, num_classes, IGNORE) for out, target in results)
-    return {"miou": mean_iou(conf), "pixel_acc": 100.0 * (conf.diag().sum() / conf.sum().clamp_min(1)).item()}
+def miou_score(results, num_classes: int) -> Scores:
+    """mIoU and pixel accuracy over the validation images; `.per_item` holds each image's confusion matrix."""
+    confs = torch.stack([confusion_matrix(out.argmax(0), target, num_classes, IGNORE) for out, target in results])
+    conf = confs.sum(0)  # [C, C]
+
+    def pixel_acc(summed):  # [..., C·C] → [...]
+        summed = summed.unflatten(-1, (num_classes, num_classes))
+        return 100.0 * summed.diagonal(dim1=-2, dim2=-1).sum(-1) / summed.sum((-2, -1)).clamp_min(1)
+
+    per_image = confs.flatten(1).double()  # [n_images, C·C]
+    items = {
+        "miou": ItemStats(per_image, lambda s: mean_iou_of(s.unflatten(-1, (num_classes, num_classes)))),
+        "pixel_acc": ItemStats(per_image, pixel_acc),
+    }
+    metrics = {"miou": mean_iou(conf), "pixel_acc": 100.0 * (conf.diag().sum() / conf.sum().clamp_min(1)).item()}
+    return Scores(metrics, items)
 
 
 def run_segmentation(

@@ -106,6 +106,8 @@ def test_dense_protocols_run_on_the_synthetic_layout(synth, random_model):
                            crop=64, iterations=5)  # fmt: skip
     depth = run_depth(random_model, synth / "depth/train/rgb", synth / "depth/test/rgb", size=64, crop=64, iterations=5)
     assert 0 <= seg["miou"] <= 100 and depth["rmse"] > 0
+    for scores in (seg, depth):  # the per-image statistics give back every reported metric (float32 round-off)
+        assert all(stats.value() == pytest.approx(scores[k], rel=1e-6) for k, stats in scores.per_item.items())
 
 
 # ------------------------------------------------------------------------------------------ retrieval
@@ -153,3 +155,4 @@ def test_correspondence_of_an_image_with_itself_is_exact(tmp_path, random_model)
 def test_correspondence_runs_on_the_synthetic_layout(synth, random_model):
     r = run_correspondence(random_model, synth / "pairs" / "pairs.json", size=64)
     assert set(r) == {"recall@5", "recall@10", "recall@20"} and r["recall@5"] <= r["recall@10"] <= r["recall@20"]
+    assert all(r.per_item[k].value() == pytest.approx(v, abs=1e-9) for k, v in r.items())

@@ -102,10 +102,12 @@ def test_image_protocols_end_to_end(colour_classes, random_model):
     train, val = colour_classes / "train", colour_classes / "val"
     knn = run_knn(random_model, train, val, size=32)
     assert set(knn) == {"top1_k10", "top1_k20", "top1_k100", "top1_k200"} and knn["top1_k10"] == 100.0
-    assert run_linear(random_model, train, val, size=32, epochs=20, batch_size=8, progress=False)["top1"] == 100.0
+    linear = run_linear(random_model, train, val, size=32, epochs=20, batch_size=8, progress=False)
+    assert linear["top1"] == 100.0 and linear.per_item["top1"].value() == 100.0
     assert run_logreg(random_model, train, val, size=32, c_grid=C_GRID[::4], progress=False)["top1"] == 100.0
 
 
 def test_knn_on_the_synthetic_layout(synth, random_model):
     r = run_knn(random_model, synth / "classify" / "train", synth / "classify" / "val", size=64)
     assert all(0 <= v <= 100 for v in r.values())
+    assert all(r.per_item[k].value() == pytest.approx(v, abs=1e-9) for k, v in r.items())  # per-image stats agree
