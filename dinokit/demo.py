@@ -8,19 +8,25 @@
    linear probe, dense linear segmentation and depth, and keypoint correspondence.
 4. Write `report.md` and `report.html` (results table, loss and k-NN curves, PCA maps of patch features,
    similarity maps from a query patch, random and trained side by side), `results.json`, and print the table.
+   Each change comes with its 95 % paired-bootstrap interval over the validation items
+   (`eval/significance.py`); "clearly better" means the whole interval favours the trained model. The interval
+   covers the choice of validation images, not the spread between training runs.
 
 Settings and how they were chosen:
 - Backbone: ViT-Ti width (192, 3 heads) with 4 blocks, patch 16, RoPE and 4 registers (`dinov3_vitt16`,
   depth 4), LayerScale starting at 0.1. Images 96 px (6×6 patches), global crops 96 and 4 local crops of 48 px,
-  batch 32, 600 steps: what fits the ten-minute budget on two cores.
+  batch 32, 300 steps: what fits the ten-minute budget with room to spare on the slowest two-core machine it
+  was timed on (about 1.05 s per step there; 7 minutes end to end). On the object-centric classification
+  images k-NN peaks early (58 % at step 100, 54 % at 300 in one run; a 1500-step run peaked at step 100 too
+  and ended at 42 %), so more steps would buy nothing here.
 - The short-run recipe of configs/pretrain/tiny_cpu.yaml (256 prototypes, Sinkhorn-Knopp, teacher temperature
   0.04, fixed LR 2e-3, a fast teacher; its header gives the reasons). With the released 1024+ prototypes,
   centering and the 0.04 → 0.07 warm-up the DINO targets stayed uniform for the whole run here.
 - Crop scales 0.5–1 (global) and 0.15–0.5 (local) instead of the released 0.32–1 and 0.05–0.32: the one
   setting picked by comparing runs (k-NN after 200 steps 22.5 % against 15.5 % with the released scales, one
-  run each). That evidence is weak: runs that differ only in float round-off were seen 7 points apart at 300
-  steps. The reason to keep it: at 96 px the released smallest local crops show about one period of a
-  pattern, too little to tell the materials apart.
+  run each, on the earlier scene-style classification images). That evidence is weak: runs that differ only
+  in float round-off were seen 7 points apart at 300 steps. The reason to keep it: at 96 px the released
+  smallest local crops show about one period of a pattern, too little to tell the materials apart.
 - Protocols at the pretraining resolution with the papers' settings where they apply (k ∈ {10, 20, 100, 200},
   T = 0.07; the linear grid, here 100 epochs of batches of 64 over the small training split; BatchNorm + 1×1
   heads trained with AdamW 1e-3 for 500 iterations instead of 40k, because the training sets are small).
@@ -38,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_write_text
 from .data.images import decode_image
 from .data.synthetic import SEG_CLASSES, SynthConfig, write_synthetic
 from .errors import UserError
@@ -48,6 +55,7 @@ from .eval.knn import knn_features
 from .eval.linear import linear_probe
 from .eval.report import Report, image_grid, line_plot
 from .eval.segmentation import run_segmentation
+from .eval.significance import Scores, clear_margin, paired_bootstrap
 from .models import VisionTransformer, create_backbone, load_backbone
 from .tools.viz import colormap, pca_rgb, similarity_map, to_uint8
 
@@ -61,7 +69,7 @@ class DemoConfig:
         size=96, pretrain=3000, train_per_class=100, val_per_class=30, dense_train=200, dense_val=50, pairs=40,
         landmarks=0, views=0, distractors=0,
     )  # fmt: skip
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 32
     knn_every: int = 100  # periodic k-NN of the teacher on the classification split, logged with the losses
     # the rest of the `dinokit train` settings over the PretrainConfig defaults: the DINOv2 objective with the
@@ -128,23 +136,26 @@ def pretrain(images: Path, run_dir: Path, overrides: Sequence[str], seed: int) -
     return Path(train(config))
 
 
-def evaluate(model, data: Path, config: DemoConfig, seed: int = 0) -> dict[str, float]:
-    """Every demo protocol on the synthetic benchmark → one flat dict."""
+def evaluate(model, data: Path, config: DemoConfig, seed: int = 0) -> Scores:
+    """Every demo protocol on the synthetic benchmark → one flat dict (with the per-item statistics)."""
     size = config.size
     torch.manual_seed(seed)
+    results = Scores({})
+
+    def add(prefix: str, scores: Scores) -> None:
+        results.update({f"{prefix}_{k}": v for k, v in scores.items()})
+        results.per_item.update({f"{prefix}_{k}": v for k, v in scores.per_item.items()})
+
     train = extract_global_features(model, data / "classify/train", size=size, desc="train features")
     val = extract_global_features(model, data / "classify/val", size=size, desc="val features")
-    results = {f"knn_{k}": v for k, v in knn_features(train, val).items()}
-    results["linear_top1"] = linear_probe(
-        train, val, epochs=config.linear_epochs, batch_size=64, progress=False, seed=seed
-    )["top1"]
+    add("knn", knn_features(train, val))
+    linear = linear_probe(train, val, epochs=config.linear_epochs, batch_size=64, progress=False, seed=seed)
+    add("linear", Scores({"top1": linear["top1"]}, linear.per_item))
     dense = dict(size=size, crop=size, iterations=config.dense_iterations, seed=seed)
     seg = run_segmentation(model, data / "seg/images/training", data / "seg/images/validation", **dense)
-    results["seg_miou"] = seg["miou"]
-    results.update({f"depth_{k}": v for k, v in run_depth(model, data / "depth/train/rgb",
-                                                          data / "depth/test/rgb", **dense).items()})  # fmt: skip
-    corr = run_correspondence(model, data / "pairs/pairs.json", size=size, thresholds=config.thresholds)
-    results.update({f"corr_{k}": v for k, v in corr.items()})
+    add("seg", Scores({"miou": seg["miou"]}, seg.per_item))
+    add("depth", run_depth(model, data / "depth/train/rgb", data / "depth/test/rgb", **dense))
+    add("corr", run_correspondence(model, data / "pairs/pairs.json", size=size, thresholds=config.thresholds))
     return results
 
 
@@ -160,18 +171,32 @@ TABLE = [
 ]
 
 
-def table_rows(results: dict[str, dict[str, float]], thresholds: Sequence[float]) -> list[list[str]]:
+def compare(results: dict[str, Scores], thresholds: Sequence[float]) -> list[dict]:
+    """One entry per table row: both values, the change with its 95 % paired-bootstrap interval over the
+    validation items (`eval/significance.py`), and whether the whole interval favours the trained model."""
     rows = list(TABLE) + [(f"corr_recall@{t:g}", "correspondence", f"recall@{t:g}px %", True) for t in thresholds]
     out = []
     for key, protocol, metric, higher in rows:
-        r, t = results["random"][key], results["trained"][key]
-        better = t > r if higher else t < r
-        out.append([protocol, metric, f"{r:.3g}", f"{t:.3g}", f"{t - r:+.3g}", "yes" if better else "NO"])
+        random, trained = results["random"], results["trained"]
+        low, high = paired_bootstrap(random.per_item[key], trained.per_item[key])
+        out.append(dict(key=key, protocol=protocol, metric=metric, random=random[key], trained=trained[key],
+                        change=trained[key] - random[key], interval=[low, high], higher_is_better=higher,
+                        clearly_better=clear_margin((low, high), higher)))  # fmt: skip
+    return out
+
+
+def table_rows(comparison: list[dict]) -> list[list[str]]:
+    out = []
+    for c in comparison:
+        low, high = c["interval"]
+        verdict = "yes" if c["clearly_better"] else ("no (within noise)" if low <= 0 <= high else "NO (worse)")
+        change = f"{c['change']:+.3g} [{low:+.3g}, {high:+.3g}]"
+        out.append([c["protocol"], c["metric"], f"{c['random']:.3g}", f"{c['trained']:.3g}", change, verdict])
     return out
 
 
 def print_table(rows: list[list[str]]) -> str:
-    header = ["protocol", "metric", "random", "trained", "change", "trained better"]
+    header = ["protocol", "metric", "random", "trained", "change [95 % interval]", "clearly better"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -287,12 +312,14 @@ def run_demo(out: Path = Path("demo_out"), seed: int = 0, config: DemoConfig = D
 
     stage(5, "report")
     timings["total_s"] = time.time() - start
-    rows = table_rows(results, config.thresholds)
+    comparison = compare(results, config.thresholds)
+    rows = table_rows(comparison)
     write_report(out, rows, figures, timings, config, seed)
-    (out / "results.json").write_text(json.dumps({"results": results, "timings": timings, "seed": seed}, indent=2))
+    summary = {"results": results, "comparison": comparison, "timings": timings, "seed": seed}
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     table = print_table(rows)
     print(f"\n{table}\n\nreport: {out / 'report.html'} (and report.md) · {timings['total_s']:.0f} s in all")
-    return {"results": results, "timings": timings}
+    return {"results": results, "comparison": comparison, "timings": timings}
 
 
 def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, config: DemoConfig, seed: int) -> None:
@@ -305,14 +332,17 @@ def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, confi
         f"{timings['train_s']:.0f} s)."
     )
     report.heading("Results")
-    report.table(["protocol", "metric", "random", "trained", "change", "trained better"], rows)
+    report.table(["protocol", "metric", "random", "trained", "change [95 % interval]", "clearly better"], rows)
     report.text(
         "k-NN: weighted votes exp(sim/0.07) of L2-normalised CLS features, 10 material classes. Linear: the best "
         "of a grid of learning rates × feature variants, chosen on a held-out split. Segmentation (12 classes) "
         "and depth: BatchNorm + 1×1 convolution on frozen patch features. Correspondence: nearest neighbour of "
         "bilinearly sampled patch features across a homography and a change of lighting. The benchmark "
         "(dinokit/data/synthetic.py) draws every colour independently of the class, so a network needs "
-        "features of spatial structure to do better than chance."
+        "features of spatial structure to do better than chance. The interval after each change is the central "
+        "95 % of the changes over 2000 resamplings of the validation images (the same resample for both models); "
+        "'clearly better' means the whole interval favours the trained model. It does not include the spread "
+        "between training runs."
     )
     report.heading("Figures")
     report.figure(figures["loss"].name, "Pretraining losses per step (DINO, iBOT, KoLeo and their weighted sum).")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinokit.demo import DemoConfig, evaluate, make_figures, print_table, query_patch, table_rows
+from dinokit.demo import DemoConfig, compare, evaluate, make_figures, print_table, query_patch, table_rows
 from dinokit.eval.report import Report, image_grid, line_plot
 from dinokit.models import backbone_from_spec
 
@@ -40,9 +40,11 @@ def test_demo_stages_on_a_tiny_benchmark(synth, tmp_path):
     config = DemoConfig(size=64, dense_iterations=5, linear_epochs=1, figure_examples=2)
     models = {n: backbone_from_spec("random:dinov3_test", seed=s) for n, s in (("random", 0), ("trained", 1))}
     results = {n: evaluate(m, synth, config) for n, m in models.items()}
-    rows = table_rows(results, config.thresholds)
-    assert len(rows) == 10 and all(r[-1] in ("yes", "NO") for r in rows)
-    assert "trained better" in print_table(rows)
+    comparison = compare(results, config.thresholds)
+    rows = table_rows(comparison)
+    assert len(rows) == 10 and all(r[-1] in ("yes", "no (within noise)", "NO (worse)") for r in rows)
+    assert all(c["interval"][0] <= c["interval"][1] for c in comparison)
+    assert "clearly better" in print_table(rows)
     figures = make_figures(models, synth, tmp_path, config)
     assert Image.open(figures["pca"]).size == Image.open(figures["similarity"]).size
 
@@ -64,7 +66,7 @@ def test_demo_end_to_end_with_a_two_step_training_run(tmp_path):
     )  # fmt: skip
     out = tmp_path / "demo"
     summary = run_demo(out, seed=0, config=config)
-    assert set(summary["results"]) == {"random", "trained"}
+    assert set(summary["results"]) == {"random", "trained"} and len(summary["comparison"]) == 9
     md = (out / "report.md").read_text()
     assert "| protocol | metric | random | trained |" in md and "recall@8px" in md
     for name in ("report.html", "results.json", "loss_curves.png", "knn_curve.png", "pca.png", "similarity.png"):
