@@ -66,7 +66,7 @@ class DemoConfig:
     backbone: str = "dinov3_vitt16"
     backbone_options: dict = field(default_factory=lambda: {"depth": 4, "layerscale_init": 0.1})
     data: SynthConfig = SynthConfig(
-        size=96, pretrain=3000, train_per_class=100, val_per_class=30, dense_train=200, dense_val=50, pairs=40,
+        size=96, pretrain=3000, train_per_class=100, val_per_class=30, dense_train=200, dense_val=100, pairs=80,
         landmarks=0, views=0, distractors=0,
     )  # fmt: skip
     steps: int = 300
