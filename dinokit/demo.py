@@ -349,8 +349,9 @@ def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, confi
     if "knn" in figures:
         report.figure(figures["knn"].name, "k-NN top-1 of the teacher's CLS on the classification split, "
                       f"evaluated every {config.knn_every} steps while it trained (`eval.knn.*`).")  # fmt: skip
-    report.figure(figures["pca"].name, "First three principal components of the patch features (one PCA per "
-                  "model over all four scenes): trained features group patches by material.")  # fmt: skip
+    report.figure(figures["pca"].name, "First three principal components of the patch features as RGB (one PCA "
+                  "per model over all four scenes): features that group patches by material paint each card in "
+                  "one colour, whatever its scene.")  # fmt: skip
     report.figure(figures["similarity"].name, "Cosine similarity of every patch to the query patch (red box); "
                   "dark blue −1 … yellow +1.")  # fmt: skip
     report.heading("Reproduce")
