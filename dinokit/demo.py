@@ -16,7 +16,7 @@ Settings and how they were chosen:
 - Backbone: ViT-Ti width (192, 3 heads) with 4 blocks, patch 16, RoPE and 4 registers (`dinov3_vitt16`,
   depth 4), LayerScale starting at 0.1. Images 96 px (6×6 patches), global crops 96 and 4 local crops of 48 px,
   batch 32, 300 steps: what fits the ten-minute budget with room to spare on the slowest two-core machine it
-  was timed on (about 1.05 s per step there; 7 minutes end to end). On the object-centric classification
+  was timed on (1.1–1.2 s per step there; under eight minutes end to end). On the object-centric classification
   images k-NN peaks early (58 % at step 100, 54 % at 300 in one run; a 1500-step run peaked at step 100 too
   and ended at 42 %), so more steps would buy nothing here.
 - The short-run recipe of configs/pretrain/tiny_cpu.yaml (256 prototypes, Sinkhorn-Knopp, teacher temperature
@@ -177,15 +177,19 @@ def compare(results: dict[str, Scores], thresholds: Sequence[float]) -> list[dic
     rows = list(TABLE) + [(f"corr_recall@{t:g}", "correspondence", f"recall@{t:g}px %", True) for t in thresholds]
     out = []
     for key, protocol, metric, higher in rows:
-        random, trained = results["random"], results["trained"]
-        low, high = paired_bootstrap(random.per_item[key], trained.per_item[key])
-        out.append(dict(key=key, protocol=protocol, metric=metric, random=random[key], trained=trained[key],
-                        change=trained[key] - random[key], interval=[low, high], higher_is_better=higher,
+        before, after = results["random"], results["trained"]
+        low, high = paired_bootstrap(before.per_item[key], after.per_item[key])
+        out.append(dict(key=key, protocol=protocol, metric=metric, random=before[key], trained=after[key],
+                        change=after[key] - before[key], interval=[low, high], higher_is_better=higher,
                         clearly_better=clear_margin((low, high), higher)))  # fmt: skip
     return out
 
 
+HEADER = ["protocol", "metric", "random", "trained", "change [95 % interval]", "clearly better"]
+
+
 def table_rows(comparison: list[dict]) -> list[list[str]]:
+    """The printed and reported table, one row per `compare` entry, in the order of `HEADER`."""
     out = []
     for c in comparison:
         low, high = c["interval"]
@@ -196,9 +200,8 @@ def table_rows(comparison: list[dict]) -> list[list[str]]:
 
 
 def print_table(rows: list[list[str]]) -> str:
-    header = ["protocol", "metric", "random", "trained", "change [95 % interval]", "clearly better"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [HEADER, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -332,7 +335,7 @@ def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, confi
         f"{timings['train_s']:.0f} s)."
     )
     report.heading("Results")
-    report.table(["protocol", "metric", "random", "trained", "change [95 % interval]", "clearly better"], rows)
+    report.table(HEADER, rows)
     report.text(
         "k-NN: weighted votes exp(sim/0.07) of L2-normalised CLS features, 10 material classes. Linear: the best "
         "of a grid of learning rates × feature variants, chosen on a held-out split. Segmentation (12 classes) "

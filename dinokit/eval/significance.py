@@ -22,8 +22,9 @@ import torch
 
 @dataclass(frozen=True)
 class ItemStats:
-    """Per-item statistics `[n_items, k]` and how a metric follows from their sum: `reduce` maps summed
-    statistics `[..., k]` to the metric `[...]` (batched, so that thousands of resamples cost one call)."""
+    """Per-item statistics `[n_items, k]` (any numeric dtype) and how a metric follows from their sum: `reduce`
+    maps summed statistics `[..., k]` to the metric `[...]` (batched, so that thousands of resamples cost one
+    call)."""
 
     stats: torch.Tensor
     reduce: Callable[[torch.Tensor], torch.Tensor]
