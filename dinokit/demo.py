@@ -9,8 +9,9 @@
 4. Write `report.md` and `report.html` (results table, loss and k-NN curves, PCA maps of patch features,
    similarity maps from a query patch, random and trained side by side), `results.json`, and print the table.
    Each change comes with its 95 % paired-bootstrap interval over the validation items
-   (`eval/significance.py`); "clearly better" means the whole interval favours the trained model. The interval
-   covers the choice of validation images, not the spread between training runs.
+   (`eval/significance.py`); "better beyond noise" means the whole interval favours the trained model. That is
+   a statement about the validation sample, not about the size of the gain (a +0.15 mIoU change at the
+   majority-class floor can pass it), and it leaves out the spread between training runs.
 
 Settings and how they were chosen:
 - Backbone: ViT-Ti width (192, 3 heads) with 4 blocks, patch 16, RoPE and 4 registers (`dinov3_vitt16`,
@@ -181,11 +182,11 @@ def compare(results: dict[str, Scores], thresholds: Sequence[float]) -> list[dic
         low, high = paired_bootstrap(before.per_item[key], after.per_item[key])
         out.append(dict(key=key, protocol=protocol, metric=metric, random=before[key], trained=after[key],
                         change=after[key] - before[key], interval=[low, high], higher_is_better=higher,
-                        clearly_better=clear_margin((low, high), higher)))  # fmt: skip
+                        better_beyond_noise=clear_margin((low, high), higher)))  # fmt: skip
     return out
 
 
-HEADER = ["protocol", "metric", "random", "trained", "change [95 % interval]", "clearly better"]
+HEADER = ["protocol", "metric", "random", "trained", "change [95 % interval]", "better beyond noise"]
 
 
 def table_rows(comparison: list[dict]) -> list[list[str]]:
@@ -193,7 +194,7 @@ def table_rows(comparison: list[dict]) -> list[list[str]]:
     out = []
     for c in comparison:
         low, high = c["interval"]
-        verdict = "yes" if c["clearly_better"] else ("no (within noise)" if low <= 0 <= high else "NO (worse)")
+        verdict = "yes" if c["better_beyond_noise"] else ("no (within noise)" if low <= 0 <= high else "NO (worse)")
         change = f"{c['change']:+.3g} [{low:+.3g}, {high:+.3g}]"
         out.append([c["protocol"], c["metric"], f"{c['random']:.3g}", f"{c['trained']:.3g}", change, verdict])
     return out
@@ -344,7 +345,8 @@ def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, confi
         "(dinokit/data/synthetic.py) draws every colour independently of the class, so a network needs "
         "features of spatial structure to do better than chance. The interval after each change is the central "
         "95 % of the changes over 2000 resamplings of the validation images (the same resample for both models); "
-        "'clearly better' means the whole interval favours the trained model. It does not include the spread "
+        "'better beyond noise' means the whole interval favours the trained model; it says nothing of the size "
+        "of the gain and does not include the spread "
         "between training runs."
     )
     report.heading("Figures")
