@@ -87,9 +87,9 @@ def knn_eval(
     neighbour_labels = train_labels[idx]  # [M, kmax]
     results, items = {}, {}
     for k in ks:
-        votes = knn_vote(sims[:, :k], neighbour_labels[:, :k], num_classes, temperature)
-        results[f"top1_k{k}"] = top1_accuracy(votes.argmax(dim=1), test_labels)
-        items[f"top1_k{k}"] = percent_of(votes.argmax(dim=1) == test_labels)
+        pred = knn_vote(sims[:, :k], neighbour_labels[:, :k], num_classes, temperature).argmax(dim=1)  # [M]
+        results[f"top1_k{k}"] = top1_accuracy(pred, test_labels)
+        items[f"top1_k{k}"] = percent_of(pred == test_labels)
     return Scores(results, items)
 
 

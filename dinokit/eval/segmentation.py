@@ -66,7 +66,7 @@ def miou_score(results, num_classes: int) -> Scores:
         "miou": ItemStats(per_image, lambda s: mean_iou_of(s.unflatten(-1, (num_classes, num_classes)))),
         "pixel_acc": ItemStats(per_image, pixel_acc),
     }
-    metrics = {"miou": mean_iou(conf), "pixel_acc": 100.0 * (conf.diag().sum() / conf.sum().clamp_min(1)).item()}
+    metrics = {"miou": mean_iou(conf), "pixel_acc": pixel_acc(conf.flatten()).item()}
     return Scores(metrics, items)
 
 
