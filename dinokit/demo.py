@@ -21,8 +21,9 @@ Settings and how they were chosen:
   images k-NN peaks early (58 % at step 100, 54 % at 300 in one run; a 1500-step run peaked at step 100 too
   and ended at 42 %), so more steps would buy nothing here.
 - The short-run recipe of configs/pretrain/tiny_cpu.yaml (256 prototypes, Sinkhorn-Knopp, teacher temperature
-  0.04, fixed LR 2e-3, a fast teacher; its header gives the reasons). With the released 1024+ prototypes,
-  centering and the 0.04 → 0.07 warm-up the DINO targets stayed uniform for the whole run here.
+  0.04, peak LR 2e-3 cosine-decayed over the run, a fast teacher; its header gives the reasons). With the
+  released 1024+ prototypes, centering and the 0.04 → 0.07 warm-up the DINO targets stayed uniform for the
+  whole run here.
 - Crop scales 0.5–1 (global) and 0.15–0.5 (local) instead of the released 0.32–1 and 0.05–0.32: the one
   setting picked by comparing runs (k-NN after 200 steps 22.5 % against 15.5 % with the released scales, one
   run each, on the earlier scene-style classification images). That evidence is weak: runs that differ only
