@@ -1,6 +1,8 @@
 # Two commands set everything up on a machine that has only python3 and pip:
 #   make demo   — the main job        make test — the whole test suite
-# `make setup` (idempotent) creates .venv and installs dinokit into it; both targets depend on it.
+# `make setup` (idempotent) creates .venv and installs dinokit into it, which is all `make demo` needs;
+# `make setup-test` adds the test and example extras (transformers, faiss, onnx, …) that `make test` needs.
+# Keeping them apart saves the demo about a minute of installing on a fresh machine.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,25 +11,32 @@ BIN    := $(VENV)/bin
 # and setup keeps it, since a torch that satisfies `torch>=2.4` is never replaced.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-test demo test lint bench clean
 
 setup: $(STAMP)
+
+setup-test: $(TEST_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,examples]"
+	$(BIN)/pip install --quiet -e .
 	@touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[test,examples]"
+	@touch $(TEST_STAMP)
 
 demo: setup
 	$(BIN)/dinokit demo
 
-test: setup
+test: setup-test
 	$(BIN)/ruff check dinokit tests benchmarks
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check dinokit tests benchmarks
 
 bench: setup
