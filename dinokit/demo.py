@@ -16,10 +16,10 @@
 Settings and how they were chosen:
 - Backbone: ViT-Ti width (192, 3 heads) with 4 blocks, patch 16, RoPE and 4 registers (`dinov3_vitt16`,
   depth 4), LayerScale starting at 0.1. Images 96 px (6×6 patches), global crops 96 and 4 local crops of 48 px,
-  batch 32, 300 steps: what fits the ten-minute budget with room to spare on the slowest two-core machine it
-  was timed on (1.1–1.2 s per step there; under eight minutes end to end). On the object-centric classification
-  images k-NN peaks early (58 % at step 100, 54 % at 300 in one run; a 1500-step run peaked at step 100 too
-  and ended at 42 %), so more steps would buy nothing here.
+  batch 32, 300 steps: what fits the ten-minute budget on the slowest two-core machine it was timed on (1.2 s
+  per step there; about eight minutes for the demo, nine from a fresh clone with the set-up). On the
+  object-centric classification images k-NN peaks early (58 % at step 100, 54 % at 300 in one run; a
+  1500-step run peaked at step 100 too and ended at 42 %), so more steps would buy nothing here.
 - The short-run recipe of configs/pretrain/tiny_cpu.yaml (256 prototypes, Sinkhorn-Knopp, teacher temperature
   0.04, peak LR 2e-3 cosine-decayed over the run, a fast teacher; its header gives the reasons). With the
   released 1024+ prototypes, centering and the 0.04 → 0.07 warm-up the DINO targets stayed uniform for the
