@@ -39,7 +39,7 @@ test: setup-test
 lint: setup-test
 	$(BIN)/ruff check dinokit tests benchmarks
 
-bench: setup
+bench: setup-test
 	$(BIN)/python benchmarks/backbone_throughput.py
 
 clean:
