@@ -57,7 +57,7 @@ from .eval.knn import knn_features
 from .eval.linear import linear_probe
 from .eval.report import Report, image_grid, line_plot
 from .eval.segmentation import run_segmentation
-from .eval.significance import Scores, clear_margin, paired_bootstrap
+from .eval.significance import Scores, beyond_noise, paired_bootstrap
 from .models import VisionTransformer, create_backbone, load_backbone
 from .tools.viz import colormap, pca_rgb, similarity_map, to_uint8
 
@@ -183,7 +183,7 @@ def compare(results: dict[str, Scores], thresholds: Sequence[float]) -> list[dic
         low, high = paired_bootstrap(before.per_item[key], after.per_item[key])
         out.append(dict(key=key, protocol=protocol, metric=metric, random=before[key], trained=after[key],
                         change=after[key] - before[key], interval=[low, high], higher_is_better=higher,
-                        better_beyond_noise=clear_margin((low, high), higher)))  # fmt: skip
+                        better_beyond_noise=beyond_noise((low, high), higher)))  # fmt: skip
     return out
 
 
@@ -347,8 +347,7 @@ def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, confi
         "features of spatial structure to do better than chance. The interval after each change is the central "
         "95 % of the changes over 2000 resamplings of the validation images (the same resample for both models); "
         "'better beyond noise' means the whole interval favours the trained model; it says nothing of the size "
-        "of the gain and does not include the spread "
-        "between training runs."
+        "of the gain and does not include the spread between training runs."
     )
     report.heading("Figures")
     report.figure(figures["loss"].name, "Pretraining losses per step (DINO, iBOT, KoLeo and their weighted sum).")

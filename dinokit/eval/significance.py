@@ -74,7 +74,7 @@ def paired_bootstrap(
     return float(low), float(high)
 
 
-def clear_margin(interval: tuple[float, float], higher_is_better: bool = True) -> bool:
+def beyond_noise(interval: tuple[float, float], higher_is_better: bool = True) -> bool:
     """Whether the whole interval of the change lies on the better side of zero."""
     low, high = interval
     return low > 0 if higher_is_better else high < 0

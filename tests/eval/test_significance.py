@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dinokit.eval.metrics import confusion_matrix, mean_iou, mean_iou_of
-from dinokit.eval.significance import ItemStats, clear_margin, mean_over_items, paired_bootstrap, percent_of
+from dinokit.eval.significance import ItemStats, beyond_noise, mean_over_items, paired_bootstrap, percent_of
 
 
 def test_percent_and_mean_rebuild_the_metric_from_item_sums():
@@ -33,21 +33,21 @@ def test_pairing_removes_the_spread_that_both_models_share():
     b = a.clone()
     b[torch.arange(1, 11, 2)] = 1
     low, high = paired_bootstrap(percent_of(a), percent_of(b))
-    assert 0 < low <= 2.5 <= high <= 6.0 and clear_margin((low, high))
+    assert 0 < low <= 2.5 <= high <= 6.0 and beyond_noise((low, high))
 
 
 def test_a_change_within_sampling_noise_is_not_a_clear_margin():
     g = torch.Generator().manual_seed(1)
     a, b = (torch.rand(100, generator=g) < 0.5).long(), (torch.rand(100, generator=g) < 0.5).long()
     interval = paired_bootstrap(percent_of(a), percent_of(b))
-    assert interval[0] < 0 < interval[1] and not clear_margin(interval)
-    assert not clear_margin(interval, higher_is_better=False)
+    assert interval[0] < 0 < interval[1] and not beyond_noise(interval)
+    assert not beyond_noise(interval, higher_is_better=False)
 
 
 def test_lower_is_better_metrics_and_the_seeded_resampling():
     a = mean_over_items(torch.full((30,), 2.0) + torch.linspace(0, 1, 30))
     b = mean_over_items(torch.full((30,), 1.0) + torch.linspace(0, 1, 30))
-    assert clear_margin(paired_bootstrap(a, b), higher_is_better=False)
+    assert beyond_noise(paired_bootstrap(a, b), higher_is_better=False)
     noisy_a = mean_over_items(torch.linspace(0, 3, 30))
     assert paired_bootstrap(noisy_a, b, seed=3) == paired_bootstrap(noisy_a, b, seed=3)
 
