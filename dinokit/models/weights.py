@@ -73,9 +73,12 @@ def _read_path(path: str) -> tuple[StateDict, ViTConfig | None, dict]:
     if p.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+        except Exception as e:  # safetensors raises its own error type for a damaged or truncated file
+            raise CheckpointError(f"could not read {p} as a safetensors file ({e})") from None
         if meta.get("format") == "dinokit":
             return sd, ViTConfig.from_dict(json.loads(meta["backbone"])), {"format": "dinokit", "path": str(p)}
         return sd, None, {"format": "state_dict", "path": str(p)}
@@ -83,10 +86,21 @@ def _read_path(path: str) -> tuple[StateDict, ViTConfig | None, dict]:
 
 
 def _torch_load(p: Path) -> Any:
+    with open(p, "rb") as f:
+        magic = f.read(2)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch.save writes a zip archive (or, before 1.6, a pickle)
+        raise CheckpointError(f"{p} is not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # pickles with arbitrary objects are refused by weights_only=True on purpose
-        raise CheckpointError(f"could not read {p} as a PyTorch checkpoint (weights only): {e}") from None
+        # torch's message is a page of advice to turn the safety off; keep only the line that names the cause
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        cause = next((line for line in lines if "Unpickler error" in line or line.startswith("Unsupported")), None)
+        cause = (cause or (lines[0] if lines else type(e).__name__)).split(". ")[0]
+        raise CheckpointError(
+            f"could not read {p} as a weights-only PyTorch checkpoint ({cause}); if it holds other Python objects "
+            "(training state, argparse options), save its state_dict alone"
+        ) from None
 
 
 def _read_folder(p: Path) -> tuple[StateDict, ViTConfig | None, dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -94,8 +96,16 @@ def test_unrecognisable_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="cannot recognise"):
         dinokit.load_backbone(tmp_path / "foo.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="could not read"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         dinokit.load_backbone(tmp_path / "junk.pth")
+    # training checkpoints often carry Python objects, which weights-only loading refuses: say which, briefly
+    torch.save({"model": {}, "args": argparse.Namespace(lr=1)}, tmp_path / "train.pth")
+    with pytest.raises(CheckpointError, match=r"weights-only .*argparse\.Namespace.*save its state_dict") as err:
+        dinokit.load_backbone(tmp_path / "train.pth")
+    assert "\n" not in str(err.value)
+    (tmp_path / "cut.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(CheckpointError, match="as a safetensors file"):
+        dinokit.load_backbone(tmp_path / "cut.safetensors")
 
 
 def test_local_files_never_touch_the_network(tmp_path, monkeypatch):
