@@ -14,6 +14,26 @@ from pathlib import Path
 from .errors import UserError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (a usage error, exit status 2, otherwise)."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
 # -------------------------------------------------------------------------------------------------- info
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print the architecture a checkpoint holds")
@@ -82,7 +102,7 @@ def _add_eval(sub) -> None:
         q = protocols.add_parser(name, help=help)
         q.add_argument("--backbone", required=True, help="any checkpoint load_backbone reads, or random:<preset>")
         q.add_argument("--seed", type=int, default=0, help="seed of random:<preset> and of the protocol")
-        q.add_argument("--size", type=int, default=size, help=f"image size in pixels (default {size})")
+        q.add_argument("--size", type=positive_int, default=size, help=f"image size in pixels (default {size})")
         q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
         q.add_argument("--output", default=None, help="also write the metrics to this JSON file")
         q.set_defaults(func=_eval)
@@ -93,14 +113,14 @@ def _add_eval(sub) -> None:
         q.add_argument("--val", required=True, help=f"evaluation {what}")
 
     def loader(q) -> None:
-        q.add_argument("--batch-size", type=int, default=64)
-        q.add_argument("--workers", type=int, default=4, help="data-loading processes (default 4)")
+        q.add_argument("--batch-size", type=positive_int, default=64)
+        q.add_argument("--workers", type=count, default=4, help="data-loading processes (default 4)")
 
     def dense(q, iterations: int) -> None:
-        q.add_argument("--crop", type=int, default=None, help="training crop / sliding window (default: --size)")
-        q.add_argument("--iterations", type=int, default=iterations, help=f"head training steps ({iterations})")
-        q.add_argument("--crops-per-image", type=int, default=1, help="cached random crops per training image")
-        q.add_argument("--max-images", type=int, default=None, help="use only the first N training images")
+        q.add_argument("--crop", type=positive_int, help="training crop / sliding window (default: --size)")
+        q.add_argument("--iterations", type=positive_int, default=iterations, help=f"head steps ({iterations})")
+        q.add_argument("--crops-per-image", type=positive_int, default=1, help="cached random crops per training image")
+        q.add_argument("--max-images", type=positive_int, default=None, help="use only the first N training images")
 
     classes = "images: class sub-folders (ImageNet style) or a path,label list"
     for name, help in (("knn", "weighted k-NN on CLS features"), ("linear", "linear probe grid"),
@@ -109,12 +129,12 @@ def _add_eval(sub) -> None:
         image_sets(q, classes)
         loader(q)
         if name == "linear":
-            q.add_argument("--epochs", type=int, default=10)
+            q.add_argument("--epochs", type=positive_int, default=10)
     q = protocol("seg", "dense linear segmentation (mIoU)", 512)
     image_sets(q, "image folder (ADE20K: images/training) or `image label` list")
     q.add_argument("--train-labels", default=None, help="label folder (default: images → annotations in the path)")
     q.add_argument("--val-labels", default=None)
-    q.add_argument("--num-classes", type=int, default=None, help="default: largest training label + 1")
+    q.add_argument("--num-classes", type=positive_int, default=None, help="default: largest training label + 1")
     q.add_argument("--reduce-zero-label", action="store_true", help="ADE20K: 0 is 'other' (ignored), 1…150 → 0…149")
     dense(q, 40000)
     q = protocol("depth", "dense linear depth (RMSE, AbsRel, δ1)", 480)
@@ -141,8 +161,18 @@ def _eval(args) -> int:
     from . import eval as E
     from .atomic import atomic_write_text
 
-    if args.size < 1:
-        raise UserError("--size must be positive")
+    if args.protocol == "depth" and not 0 <= args.min_depth < args.max_depth:
+        raise UserError(f"--min-depth {args.min_depth:g} and --max-depth {args.max_depth:g}: need 0 ≤ min < max")
+    if args.protocol == "correspondence" and min(args.thresholds) <= 0:
+        raise UserError("--thresholds are distances in pixels and must be positive")
+    out = Path(args.output) if args.output else None
+    if out is not None:  # before the work, not after it: a long evaluation must not end in an unwritable path
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--output {out}: cannot create its folder ({e.strerror})") from None
+        if out.is_dir():
+            raise UserError(f"--output {out} is a folder; give a file name such as {out / 'metrics.json'}")
     model = _backbone(args.backbone, args.seed)
     torch.manual_seed(args.seed)
     common = dict(size=args.size, device=args.device)
@@ -172,10 +202,11 @@ def _eval(args) -> int:
     print(f"{p} · {args.backbone}")
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.4g}")
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+    if out is not None:
+        try:
+            atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+        except OSError as e:  # the metrics were printed above, so nothing is lost
+            raise UserError(f"--output {out}: could not write the metrics ({e.strerror})") from None
         print(f"wrote {out}")
     return 0
 

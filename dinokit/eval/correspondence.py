@@ -49,10 +49,16 @@ def load_pairs_json(path: str | Path) -> list[dict]:
     return out
 
 
-def prepare(model, path: Path, size: int) -> tuple[torch.Tensor, tuple[float, float]]:
-    """Normalised model input `[3, h, w]` and the (x, y) scale from original to resized pixels."""
+def prepare(model, path: Path, size: int, keypoints: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Normalised model input `[3, h, w]` and the (x, y) scale from original to resized pixels. `keypoints`
+    `[N, 2]` (x, y) must lie inside the image: a point outside it has no feature to sample or to find."""
     image = to_float(decode_image(path))
     H, W = image.shape[-2:]
+    outside = (keypoints < 0).any(dim=1) | (keypoints[:, 0] > W) | (keypoints[:, 1] > H)
+    if outside.any():
+        x, y = keypoints[outside][0].tolist()
+        raise UserError(f"{path}: {int(outside.sum())} keypoints lie outside the {W}×{H} image, e.g. ({x:g}, {y:g}); "
+                        "keypoints are (x, y) pixels from the top-left corner")  # fmt: skip
     scale = size / min(H, W)
     h, w = round_to_patch(H * scale, model.patch_size), round_to_patch(W * scale, model.patch_size)
     mean, std = model_mean_std(model)
@@ -62,8 +68,8 @@ def prepare(model, path: Path, size: int) -> tuple[torch.Tensor, tuple[float, fl
 @torch.inference_mode()
 def match_pair(model, pair: dict, size: int, device) -> torch.Tensor:
     """Pixel errors `[N]` (in image B) of nearest-neighbour matches of A's keypoints."""
-    xa, sa = prepare(model, pair["a"], size)
-    xb, sb = prepare(model, pair["b"], size)
+    xa, sa = prepare(model, pair["a"], size, pair["kp_a"])
+    xb, sb = prepare(model, pair["b"], size, pair["kp_b"])
     fa = patch_features(model, xa[None].to(device))[0].float()  # [D, ha, wa]
     fb = patch_features(model, xb[None].to(device))[0].float()  # [D, hb, wb]
     points = pair["kp_a"] * torch.tensor(sa, dtype=torch.float64)  # resized-A pixels

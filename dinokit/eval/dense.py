@@ -250,6 +250,9 @@ def dense_probe(
     if max_images:
         train_pairs = train_pairs[:max_images]
     feats, targets = cache_crops(model, train_pairs, task, size, crop, crops_per_image, 32, device, seed)
+    if not (targets != task.pad_value).any():  # the pad value is also the "no label / no measurement" value
+        raise UserError(f"none of the {len(train_pairs)} training targets has a usable pixel: all are "
+                        f"{task.pad_value:g}, the value of unlabelled / unmeasured pixels")  # fmt: skip
     head = train_head(feats, targets, task, iterations, batch_size, lr, seed=seed, desc=f"{name} head")
     mean, std = model_mean_std(model)
     stride = max(model.patch_size, round_to_patch(crop * 2 // 3, model.patch_size))

@@ -17,9 +17,11 @@ outputs linearly; the bins are the same.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .dense import DenseTask, dense_probe, find_pairs, read_array
 from .metrics import depth_errors, mean_of
 from .significance import Scores, mean_over_items
@@ -30,6 +32,8 @@ EIGEN_CROP = (45, 471, 41, 601)  # top, bottom, left, right of the standard NYU 
 def silog_loss(pred: torch.Tensor, target: torch.Tensor, lam: float = 0.85, eps: float = 1e-6) -> torch.Tensor:
     """Scale-invariant log loss over pixels with target > 0: `sqrt(mean(g²) − λ·mean(g)²)`."""
     valid = target > 0
+    if not valid.any():  # a batch of crops without a measurement (sparse LiDAR depth): nothing to learn from
+        return pred.sum() * 0.0
     g = torch.log(pred[valid].clamp_min(eps)) - torch.log(target[valid])
     return torch.sqrt((g.pow(2).mean() - lam * g.mean().pow(2)).clamp_min(eps))
 
@@ -41,8 +45,14 @@ def depth_task(min_depth: float, max_depth: float, bins: int = 256, depth_scale:
         depth = torch.einsum("bkhw,k->bhw", logits.softmax(dim=1), centres.to(logits.device))[:, None]
         return F.interpolate(depth, size=size, mode="bilinear", align_corners=False)
 
+    def load_target(path):
+        depth = read_array(path)
+        if depth.dtype == np.uint8:  # a picture of depth, not a measurement: 256 levels cannot hold millimetres
+            raise UserError(f"{path}: an 8-bit image; depth targets are 16-bit PNGs in millimetres (or float TIFFs)")
+        return torch.from_numpy(depth.astype("float32")) / depth_scale  # [H, W] metres
+
     return DenseTask(
-        load_target=lambda p: torch.from_numpy(read_array(p).astype("float32")) / depth_scale,
+        load_target=load_target,
         pad_value=0.0,
         out_channels=bins,
         loss=lambda pred, target: silog_loss(pred[:, 0], target),
@@ -64,7 +74,8 @@ def depth_score(results, min_depth: float, max_depth: float, eigen_crop: bool = 
         if valid.any():
             per_image.append(depth_errors(pred[0].clamp(min_depth, max_depth), gt, valid))
     if not per_image:
-        raise ValueError("no validation image has valid depth pixels in range")
+        raise UserError(f"no validation image has depth in ({min_depth:g}, {max_depth:g}] m; check --depth-scale "
+                        "(PNG units per metre) and --min-depth/--max-depth")  # fmt: skip
     items = {k: mean_over_items(torch.tensor([d[k] for d in per_image])) for k in per_image[0]}
     return Scores(mean_of(per_image), items)
 
@@ -87,6 +98,8 @@ def run_depth(
     """The protocol from RGB folders (or `rgb depth` lists): `{"rmse", "abs_rel", "delta1"}`.
 
     Depth folders default to the RGB folder with `rgb` replaced by `depth`."""
+    if not 0 <= min_depth < max_depth:
+        raise UserError(f"min_depth {min_depth:g} and max_depth {max_depth:g}: need 0 ≤ min < max")
     swap = ("rgb", "depth")
     train_pairs, val_pairs = find_pairs(train, train_depth, swap), find_pairs(val, val_depth, swap)
     task = depth_task(min_depth, max_depth, depth_scale=depth_scale)

@@ -33,7 +33,7 @@ def load_retrieval_json(path: str | Path) -> tuple[list[Path], list[dict]]:
         index = {g: i for i, g in enumerate(spec["gallery"])}
         queries = []
         for q in spec["queries"]:
-            ref = lambda items: sorted({index[i] if isinstance(i, str) else int(i) for i in items})  # noqa: E731
+            ref = lambda items: sorted({_gallery_index(index, i, path) for i in items})  # noqa: E731
             queries.append(
                 {
                     "image": path.parent / q["image"],
@@ -48,7 +48,25 @@ def load_retrieval_json(path: str | Path) -> tuple[list[Path], list[dict]]:
         ) from None
     if not queries or any(not q["positives"] for q in queries):
         raise UserError(f"{path}: every query needs at least one positive")
+    for q in queries:
+        wrong = [i for i in q["positives"] + q["junk"] if not 0 <= i < len(gallery)]
+        if wrong:
+            raise UserError(f"{path}: query {q['image'].name} names gallery index {wrong[0]}, but the gallery has "
+                            f"{len(gallery)} images (0…{len(gallery) - 1})")  # fmt: skip
+        box = q["bbox"]
+        if box is not None and (len(box) != 4 or not (box[0] < box[2] and box[1] < box[3])):
+            raise UserError(f"{path}: query {q['image'].name} has bbox {box}; expected [x0, y0, x1, y1] with x0 < x1 "
+                            "and y0 < y1")  # fmt: skip
     return gallery, queries
+
+
+def _gallery_index(index: dict[str, int], ref: str | int, path: Path) -> int:
+    """A positive or junk entry (gallery path or index) as a gallery index."""
+    if isinstance(ref, str):
+        if ref not in index:
+            raise UserError(f"{path}: {ref!r} is named as a positive or junk image but is not in the gallery")
+        return index[ref]
+    return int(ref)
 
 
 @torch.inference_mode()
@@ -57,7 +75,9 @@ def image_descriptor(model, path: Path, size: int, device, bbox=None) -> torch.T
     image = to_float(decode_image(path))
     if bbox is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in bbox)
-        image = image[:, y0:y1, x0:x1]
+        image = image[:, max(y0, 0) : y1, max(x0, 0) : x1]
+        if image.shape[-1] < 1 or image.shape[-2] < 1:
+            raise UserError(f"{path}: bbox {bbox} lies outside the {tuple(image.shape[-2:])} image")
     H, W = image.shape[-2:]
     scale = size / min(H, W)
     p = model.patch_size

@@ -31,8 +31,17 @@ def segmentation_task(num_classes: int, reduce_zero_label: bool = False) -> Dens
     def upsample(logits, size):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)  # [B, C, H, W]
 
+    def load_target(path):
+        labels = load_labels(path, reduce_zero_label)
+        known = labels[labels != IGNORE]
+        if known.numel() and int(known.max()) >= num_classes:
+            hint = " (ADE20K's 1…150? add --reduce-zero-label)" if int(known.max()) == num_classes else ""
+            raise UserError(f"{path}: label {int(known.max())} but {num_classes} classes (0…{num_classes - 1}, "
+                            f"{IGNORE} ignored){hint}")  # fmt: skip
+        return labels
+
     return DenseTask(
-        load_target=lambda p: load_labels(p, reduce_zero_label),
+        load_target=load_target,
         pad_value=IGNORE,
         out_channels=num_classes,
         loss=lambda logits, target: F.cross_entropy(logits, target.long(), ignore_index=IGNORE),

@@ -57,3 +57,60 @@ def test_eval_errors_are_one_message_and_status_2(synth_cli, tmp_path, capsys):
         main(["eval", "seg", "--backbone", "random:dinov3_test", "--train", str(tmp_path), "--val", str(tmp_path)]) == 2
     )
     assert "target folder" in capsys.readouterr().err
+
+
+def test_malformed_user_files_are_one_message_and_status_2(synth_cli, tmp_path, capsys):
+    """Mistakes in a user's own files or options end in a message naming the problem, before any long work."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    def run(protocol, *args):
+        argv = ["eval", protocol, "--backbone", "random:dinov3_test", "--size", "32", *map(str, args)]
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        return code, capsys.readouterr().err
+
+    seg = shutil.copytree(synth_cli / "seg", tmp_path / "seg")
+    label = sorted((seg / "annotations/training").iterdir())[0]
+    Image.fromarray(np.full((32, 32), 12, np.uint8)).save(label)  # 12 classes: 0…11
+    code, err = run("seg", "--train", seg / "images/training", "--val", seg / "images/validation", "--iterations", 1,
+                    "--num-classes", 12)  # fmt: skip
+    assert code == 2 and f"{label}: label 12 but 12 classes" in err and "--reduce-zero-label" in err
+
+    depth = shutil.copytree(synth_cli / "depth", tmp_path / "depth")
+    target = sorted((depth / "train/depth").iterdir())[0]
+    Image.fromarray(np.full((32, 32), 3, np.uint8)).save(target)  # a depth *picture*
+    code, err = run("depth", "--train", depth / "train/rgb", "--val", depth / "test/rgb", "--iterations", 1)
+    assert code == 2 and "8-bit" in err and "16-bit PNGs in millimetres" in err
+    code, err = run("depth", "--train", depth / "train/rgb", "--val", depth / "test/rgb", "--min-depth", 5,
+                    "--max-depth", 1)  # fmt: skip
+    assert code == 2 and "need 0 ≤ min < max" in err
+
+    spec = json.loads((synth_cli / "pairs/pairs.json").read_text())
+    spec["pairs"][0]["keypoints_b"][0] = [-3, 5]
+    (synth_cli / "pairs/outside.json").write_text(json.dumps(spec))
+    code, err = run("correspondence", "--pairs", synth_cli / "pairs/outside.json")
+    assert code == 2 and "keypoints lie outside" in err and "(-3, 5)" in err
+    code, err = run("correspondence", "--pairs", synth_cli / "pairs/pairs.json", "--thresholds", 0)
+    assert code == 2 and "must be positive" in err
+
+    spec = json.loads((synth_cli / "retrieval/retrieval.json").read_text())
+    spec["queries"][0]["positives"] = [len(spec["gallery"])]
+    (synth_cli / "retrieval/index.json").write_text(json.dumps(spec))
+    code, err = run("retrieval", "--data", synth_cli / "retrieval/index.json")
+    assert code == 2 and f"gallery index {len(spec['gallery'])}" in err
+    spec = json.loads((synth_cli / "retrieval/retrieval.json").read_text())
+    spec["queries"][0]["bbox"] = [20, 20, 10, 30]
+    (synth_cli / "retrieval/bbox.json").write_text(json.dumps(spec))
+    code, err = run("retrieval", "--data", synth_cli / "retrieval/bbox.json")
+    assert code == 2 and "x0 < x1" in err
+
+    (tmp_path / "file").write_text("")
+    code, err = run("retrieval", "--data", synth_cli / "retrieval/retrieval.json", "--output", tmp_path / "file/m.json")
+    assert code == 2 and "cannot create its folder" in err
+    code, err = run("seg", "--train", seg / "images/training", "--val", seg / "images/validation", "--iterations", 0)
+    assert code == 2 and "must be at least 1" in err

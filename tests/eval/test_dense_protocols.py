@@ -80,6 +80,11 @@ def test_silog_loss_is_scale_invariant_in_its_variance_part():
     assert silog_loss(gt.clamp_min(1), gt).item() < 2e-3  # zero up to its eps on the valid pixels
     # a constant scale error s leaves only sqrt(1 − λ)·|log s|
     assert silog_loss(2 * gt, gt).item() == pytest.approx((0.15**0.5) * np.log(2), rel=1e-4)
+    # a batch without a single measurement (sparse depth, a crop of sky) teaches nothing instead of giving NaN
+    pred = torch.rand(1, 4, requires_grad=True)
+    loss = silog_loss(pred, torch.zeros(1, 4))
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(pred.grad, torch.zeros(1, 4))
 
 
 def test_sliding_window_covers_a_larger_image_exactly_once_where_windows_do_not_overlap(random_model):
