@@ -19,7 +19,7 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
-def count(text: str) -> int:
+def non_negative_int(text: str) -> int:
     """argparse type: an integer ≥ 0."""
     return _int_at_least(text, 0)
 
@@ -114,7 +114,7 @@ def _add_eval(sub) -> None:
 
     def loader(q) -> None:
         q.add_argument("--batch-size", type=positive_int, default=64)
-        q.add_argument("--workers", type=count, default=4, help="data-loading processes (default 4)")
+        q.add_argument("--workers", type=non_negative_int, default=4, help="data-loading processes (default 4)")
 
     def dense(q, iterations: int) -> None:
         q.add_argument("--crop", type=positive_int, help="training crop / sliding window (default: --size)")
