@@ -50,6 +50,7 @@ from .atomic import atomic_write_text
 from .data.images import decode_image
 from .data.synthetic import SEG_CLASSES, SynthConfig, write_synthetic
 from .errors import UserError
+from .eval.chance import classification_chance, correspondence_chance, depth_chance, segmentation_chance
 from .eval.correspondence import run_correspondence
 from .eval.depth import run_depth
 from .eval.features import extract_global_features
@@ -161,6 +162,21 @@ def evaluate(model, data: Path, config: DemoConfig, seed: int = 0) -> Scores:
     return results
 
 
+def chance_levels(data: Path, config: DemoConfig) -> dict[str, float]:
+    """Each table row's score without looking at the images (`eval/chance.py`), on the same validation data."""
+    from .eval.dense import find_pairs
+
+    top1 = classification_chance(data / "classify/train", data / "classify/val")
+    seg = [find_pairs(data / f"seg/images/{s}", None, ("images", "annotations")) for s in ("training", "validation")]
+    depth = [find_pairs(data / f"depth/{s}/rgb", None, ("rgb", "depth")) for s in ("train", "test")]
+    levels = {"knn_top1_k20": top1, "knn_top1_k200": top1, "linear_top1": top1}
+    levels["seg_miou"] = segmentation_chance(*seg, num_classes=len(SEG_CLASSES))
+    levels.update({f"depth_{k}": v for k, v in depth_chance(*depth, min_depth=1e-3, max_depth=10.0).items()})
+    corr = correspondence_chance(data / "pairs/pairs.json", config.thresholds)
+    levels.update({f"corr_{k}": v for k, v in corr.items()})
+    return levels
+
+
 # (key, protocol, metric, higher is better)
 TABLE = [
     ("knn_top1_k20", "k-NN (k = 20)", "top-1 %", True),
@@ -173,21 +189,23 @@ TABLE = [
 ]
 
 
-def compare(results: dict[str, Scores], thresholds: Sequence[float]) -> list[dict]:
-    """One entry per table row: both values, the change with its 95 % paired-bootstrap interval over the
-    validation items (`eval/significance.py`), and whether the whole interval favours the trained model."""
+def compare(results: dict[str, Scores], thresholds: Sequence[float], chance: dict[str, float] | None = None):
+    """One entry per table row: the chance level (when given), both values, the change with its 95 %
+    paired-bootstrap interval over the validation items (`eval/significance.py`), and whether the whole interval
+    favours the trained model."""
     rows = list(TABLE) + [(f"corr_recall@{t:g}", "correspondence", f"recall@{t:g}px %", True) for t in thresholds]
     out = []
     for key, protocol, metric, higher in rows:
         before, after = results["random"], results["trained"]
         low, high = paired_bootstrap(before.per_item[key], after.per_item[key])
-        out.append(dict(key=key, protocol=protocol, metric=metric, random=before[key], trained=after[key],
+        out.append(dict(key=key, protocol=protocol, metric=metric, chance=(chance or {}).get(key),
+                        random=before[key], trained=after[key],
                         change=after[key] - before[key], interval=[low, high], higher_is_better=higher,
                         better_beyond_noise=beyond_noise((low, high), higher)))  # fmt: skip
     return out
 
 
-HEADER = ["protocol", "metric", "random", "trained", "change [95 % interval]", "better beyond noise"]
+HEADER = ["protocol", "metric", "chance", "random", "trained", "change [95 % interval]", "better beyond noise"]
 
 
 def table_rows(comparison: list[dict]) -> list[list[str]]:
@@ -197,7 +215,8 @@ def table_rows(comparison: list[dict]) -> list[list[str]]:
         low, high = c["interval"]
         verdict = "yes" if c["better_beyond_noise"] else ("no (within noise)" if low <= 0 <= high else "NO (worse)")
         change = f"{c['change']:+.3g} [{low:+.3g}, {high:+.3g}]"
-        out.append([c["protocol"], c["metric"], f"{c['random']:.3g}", f"{c['trained']:.3g}", change, verdict])
+        chance = "" if c.get("chance") is None else f"{c['chance']:.3g}"
+        out.append([c["protocol"], c["metric"], chance, f"{c['random']:.3g}", f"{c['trained']:.3g}", change, verdict])
     return out
 
 
@@ -317,7 +336,7 @@ def run_demo(out: Path = Path("demo_out"), seed: int = 0, config: DemoConfig = D
 
     stage(5, "report")
     timings["total_s"] = time.time() - start
-    comparison = compare(results, config.thresholds)
+    comparison = compare(results, config.thresholds, chance_levels(data, config))
     rows = table_rows(comparison)
     write_report(out, rows, figures, timings, config, seed)
     summary = {"results": results, "comparison": comparison, "timings": timings, "seed": seed}
@@ -344,7 +363,10 @@ def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, confi
         "and depth: BatchNorm + 1×1 convolution on frozen patch features. Correspondence: nearest neighbour of "
         "bilinearly sampled patch features across a homography and a change of lighting. The benchmark "
         "(dinokit/data/synthetic.py) draws every colour independently of the class, so a network needs "
-        "features of spatial structure to do better than chance. The interval after each change is the central "
+        "features of spatial structure to do better than chance. 'chance' is what a guess that never looks at "
+        "the image scores on the same validation data (dinokit/eval/chance.py): the most frequent training class "
+        "for every image or pixel, the median training depth everywhere, a uniformly random pixel of B for each "
+        "keypoint. The interval after each change is the central "
         "95 % of the changes over 2000 resamplings of the validation images (the same resample for both models); "
         "'better beyond noise' means the whole interval favours the trained model; it says nothing of the size "
         "of the gain and does not include the spread between training runs."

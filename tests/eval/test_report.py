@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinokit.demo import DemoConfig, compare, evaluate, make_figures, print_table, query_patch, table_rows
+from dinokit.demo import (
+    DemoConfig,
+    chance_levels,
+    compare,
+    evaluate,
+    make_figures,
+    print_table,
+    query_patch,
+    table_rows,
+)
 from dinokit.eval.report import Report, image_grid, line_plot
 from dinokit.models import backbone_from_spec
 
@@ -40,9 +49,11 @@ def test_demo_stages_on_a_tiny_benchmark(synth, tmp_path):
     config = DemoConfig(size=64, dense_iterations=5, linear_epochs=1, figure_examples=2)
     models = {n: backbone_from_spec("random:dinov3_test", seed=s) for n, s in (("random", 0), ("trained", 1))}
     results = {n: evaluate(m, synth, config) for n, m in models.items()}
-    comparison = compare(results, config.thresholds)
+    comparison = compare(results, config.thresholds, chance_levels(synth, config))
     rows = table_rows(comparison)
     assert len(rows) == 10 and all(r[-1] in ("yes", "no (within noise)", "NO (worse)") for r in rows)
+    assert [r[2] for r in rows[:3]] == ["10", "10", "10"]  # ten balanced classes
+    assert all(float(r[2]) >= 0 for r in rows)  # every row has its chance level
     assert all(c["interval"][0] <= c["interval"][1] for c in comparison)
     assert "better beyond noise" in print_table(rows)
     figures = make_figures(models, synth, tmp_path, config)
@@ -68,7 +79,8 @@ def test_demo_end_to_end_with_a_two_step_training_run(tmp_path):
     summary = run_demo(out, seed=0, config=config)
     assert set(summary["results"]) == {"random", "trained"} and len(summary["comparison"]) == 9
     md = (out / "report.md").read_text()
-    assert "| protocol | metric | random | trained |" in md and "recall@8px" in md
+    assert "| protocol | metric | chance | random | trained |" in md and "recall@8px" in md
+    assert all(c["chance"] is not None for c in summary["comparison"])
     for name in ("report.html", "results.json", "loss_curves.png", "knn_curve.png", "pca.png", "similarity.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "run" / "teacher_backbone").is_dir()
