@@ -8,10 +8,12 @@
    linear probe, dense linear segmentation and depth, and keypoint correspondence.
 4. Write `report.md` and `report.html` (results table, loss and k-NN curves, PCA maps of patch features,
    similarity maps from a query patch, random and trained side by side), `results.json`, and print the table.
-   Each change comes with its 95 % paired-bootstrap interval over the validation items
-   (`eval/significance.py`); "better beyond noise" means the whole interval favours the trained model. That is
-   a statement about the validation sample, not about the size of the gain (a +0.15 mIoU change at the
-   majority-class floor can pass it), and it leaves out the spread between training runs.
+   Each row shows the chance level beside the two models (`eval/chance.py`: the score of a guess that never
+   looks at the image), so that a tie at the floor reads as one. Each change comes with its 95 %
+   paired-bootstrap interval over the validation items (`eval/significance.py`); "better beyond noise" means
+   the whole interval favours the trained model. That is a statement about the validation sample, not about
+   the size of the gain (a +0.15 mIoU change at the majority-class floor can pass it), and it leaves out the
+   spread between training runs.
 
 Settings and how they were chosen:
 - Backbone: ViT-Ti width (192, 3 heads) with 4 blocks, patch 16, RoPE and 4 registers (`dinov3_vitt16`,
