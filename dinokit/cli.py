@@ -232,7 +232,7 @@ def _add_data(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     q.add_argument("--scale", type=float, default=1.0, help="multiply every image count (default 1: ~3,300 items)")
-    q.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
+    q.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count, at most 8)")
     q.set_defaults(func=_data_synth)
 
 
@@ -264,7 +264,7 @@ def _add_demo(sub) -> None:
     photo = p.add_argument_group("photo demo")
     photo.add_argument("--backbone", default=None, help="checkpoint, or random:<preset> (default random:dinov3_vits16)")
     photo.add_argument("--image", default=None, help="an image file (default: a sample photo)")
-    photo.add_argument("--size", type=int, default=448, help="input size in pixels (default 448)")
+    photo.add_argument("--size", type=positive_int, default=448, help="input size in pixels (default 448)")
     p.set_defaults(func=_demo)
 
 
@@ -325,17 +325,17 @@ def _add_extract(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or .txt/.csv file lists")
     p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
     p.add_argument("--output", required=True, help="output folder (rerun to resume)")
-    p.add_argument("--size", type=int, default=None, help="shorter side in px (default: native size)")
-    p.add_argument("--tile", type=int, default=None, help="tile size in px for huge images (maps stitched)")
-    p.add_argument("--overlap", type=int, default=0, help="tile overlap in px (overlapping patches are averaged)")
+    p.add_argument("--size", type=positive_int, default=None, help="shorter side in px (default: native size)")
+    p.add_argument("--tile", type=positive_int, default=None, help="tile size in px for huge images (maps stitched)")
+    p.add_argument("--overlap", type=non_negative_int, default=0, help="tile overlap in px (overlaps are averaged)")
     p.add_argument("--layers", type=int, nargs="*", default=[], help="also store these blocks' patch tokens (0-based)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
     p.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--format", choices=["safetensors", "npy"], default="safetensors")
-    p.add_argument("--shard-size", type=int, default=256, help="images per shard")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--shard-size", type=positive_int, default=256, help="images per shard")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="image-decoding processes")
     p.set_defaults(func=_extract)
 
 
@@ -360,8 +360,8 @@ def _add_export(sub) -> None:
     q = kinds.add_parser("onnx", help="ONNX: images [B,3,H,W] → cls, registers, patches; checked with onnxruntime")
     q.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
     q.add_argument("--output", required=True, help="FILE.onnx")
-    q.add_argument("--opset", type=int, default=18)
-    q.add_argument("--size", type=int, default=None, help="example and check size in px (default 8 patches)")
+    q.add_argument("--opset", type=positive_int, default=18)
+    q.add_argument("--size", type=positive_int, default=None, help="example and check size in px (default 8 patches)")
     q.add_argument("--int8", action="store_true", help="also write FILE.int8.onnx (dynamic int8 quantisation)")
     q.set_defaults(func=_export)
 
@@ -391,7 +391,7 @@ def _add_viz(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
     p.add_argument("--output", required=True, help="PNG file")
-    p.add_argument("--size", type=int, default=448, help="shorter side in px, rounded to the patch size (0: native)")
+    p.add_argument("--size", type=non_negative_int, default=448, help="shorter side in px (0: native)")
     p.add_argument("--foreground", type=float, default=None, help="pca: black out the background below this value")
     p.add_argument("--query", default=None, help="similarity: Y,X pixel in the first image (default: its centre)")
     p.set_defaults(func=_viz)
@@ -432,13 +432,13 @@ def _add_index(sub) -> None:
     b.add_argument("--backbone", default=None, help="checkpoint, or random:<preset> (not needed for features)")
     b.add_argument("--kind", choices=["exact", "ivf", "hnsw"], default="exact")
     b.add_argument("--source", choices=["cls", "patches"], default="cls", help="CLS, or mean-pooled patches")
-    b.add_argument("--size", type=int, default=224, help="shorter side in px when embedding images")
-    b.add_argument("--nlist", type=int, default=None, help="ivf: number of clusters")
+    b.add_argument("--size", type=positive_int, default=224, help="shorter side in px when embedding images")
+    b.add_argument("--nlist", type=positive_int, default=None, help="ivf: number of clusters")
     b.set_defaults(func=_index_build)
     s = ops.add_parser("search", help="top-k most similar indexed images for query images")
     s.add_argument("index", help="index folder")
     s.add_argument("queries", nargs="+", metavar="QUERY", help="query images, folders or file lists")
-    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--k", type=positive_int, default=5)
     s.add_argument("--backbone", default=None, help="default: the backbone the index was built with")
     s.add_argument("--json", default=None, help="also write the results to this JSON file")
     s.set_defaults(func=_index_search)
@@ -477,8 +477,8 @@ def _add_prototypes(sub) -> None:
     b.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
     b.add_argument("--output", required=True, help="prototypes file (.safetensors)")
     b.add_argument("--masks", default=None, help="folder of masks named <image stem>.png (white = class region)")
-    b.add_argument("--size", type=int, default=448, help="shorter side in px (0: native)")
-    b.add_argument("--per-class", type=int, default=1, help="prototypes per class (cosine k-means when > 1)")
+    b.add_argument("--size", type=non_negative_int, default=448, help="shorter side in px (0: native)")
+    b.add_argument("--per-class", type=positive_int, default=1, help="prototypes per class (cosine k-means when > 1)")
     b.set_defaults(func=_prototypes_build)
     a = ops.add_parser("apply", help="class map, OOD score and OOD mask for images")
     a.add_argument("images", nargs="+", metavar="IMAGE")
@@ -542,10 +542,10 @@ def _add_head(sub) -> None:
     t.add_argument("--features", choices=["cls", "cls+avg"], default="cls", help="classifier input")
     t.add_argument("--masks", default=None, help="segment: folder of <image stem>.png label maps (255 = ignore)")
     t.add_argument("--classes", default=None, help="segment: comma-separated class names")
-    t.add_argument("--size", type=int, default=224, help="shorter side in px (0: native)")
-    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--size", type=non_negative_int, default=224, help="shorter side in px (0: native)")
+    t.add_argument("--epochs", type=positive_int, default=100)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--lora", type=int, default=0, metavar="RANK", help="also fine-tune LoRA adapters of this rank")
+    t.add_argument("--lora", type=non_negative_int, default=0, metavar="RANK", help="also fine-tune LoRA adapters")
     t.add_argument("--lora-targets", choices=["qv", "qkv"], default="qv")
     t.set_defaults(func=_head_train)
     q = ops.add_parser("predict", help="classify or segment images with a trained head")
@@ -553,8 +553,8 @@ def _add_head(sub) -> None:
     q.add_argument("--head", required=True, help="file from `dinokit head train`")
     q.add_argument("--backbone", default=None, help="default: the backbone the head was trained on")
     q.add_argument("--output", default=None, help="classification: JSON file; segmentation: folder of PNG masks")
-    q.add_argument("--tile", type=int, default=None, help="tile size in px for huge images")
-    q.add_argument("--overlap", type=int, default=0)
+    q.add_argument("--tile", type=positive_int, default=None, help="tile size in px for huge images")
+    q.add_argument("--overlap", type=non_negative_int, default=0)
     q.set_defaults(func=_head_predict)
 
 
@@ -641,6 +641,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"dinokit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # a path the user named cannot be read or written (missing folder, a file where a folder should be,
+        # permissions, a full disk): the system's message and the path say it all; a traceback adds nothing
+        if e.strerror is None:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"dinokit {args.command}: error: {e.strerror}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dinokit {args.command}: interrupted", file=sys.stderr)

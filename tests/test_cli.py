@@ -31,8 +31,18 @@ def test_convert_between_formats(tmp_path):
 
 def test_user_mistakes_exit_2_without_traceback(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"nope")
+    (tmp_path / "a_file").write_text("")
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "img.png")
+    image, model = str(tmp_path / "img.png"), ["--backbone", "random:dinov3_test"]
     for argv in (["info", str(tmp_path / "missing.pth")], ["info", str(tmp_path / "bad.pth")],
-                 ["demo", "--backbone", "random:nonsense", "--output", str(tmp_path / "d")]):
+                 ["demo", "--backbone", "random:nonsense", "--output", str(tmp_path / "d")],
+                 ["extract", image, *model, "--output", str(tmp_path / "f"), "--batch-size", "0"],
+                 ["index", "search", str(tmp_path / "idx"), image, "--k", "-1"],
+                 # an output where a file already is: the system's message and the path, no traceback
+                 ["extract", image, *model, "--output", str(tmp_path / "a_file"), "--size", "32"],
+                 ["viz", "pca", image, *model, "--output", str(tmp_path / "a_file" / "v.png"), "--size", "32"]):
         r = subprocess.run([sys.executable, "-m", "dinokit.cli", *argv], capture_output=True, text=True)
         assert r.returncode == 2, (argv, r.stderr)
         assert "Traceback" not in r.stderr and "error:" in r.stderr

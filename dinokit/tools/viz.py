@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -172,7 +173,8 @@ def grid_canvas(rows: Sequence[Sequence[np.ndarray]], gap: int = 8) -> np.ndarra
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a uint8 `[H, W, 3]` array as PNG, atomically."""
+    """Write a uint8 `[H, W, 3]` array as PNG, atomically (creating its folder)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
