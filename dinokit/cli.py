@@ -1,7 +1,8 @@
 """`dinokit <verb>`: the command line. Thin: parse, validate, call the API, print.
 
-User mistakes (bad paths, options, files) end with one clear message and exit status 2; internal faults keep
-their traceback. Each verb is one `_add_<verb>` function registering its parser and handler.
+User mistakes (bad paths, options, files) end with one clear message and exit status 2: a `UserError`, an
+argparse usage error, or an `OSError` the system raised on a path (its message and the path); internal faults
+keep their traceback. Each verb is one `_add_<verb>` function registering its parser and handler.
 """
 
 from __future__ import annotations

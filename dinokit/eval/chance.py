@@ -2,7 +2,8 @@
 the protocol's own metric. A table that shows them beside a model's scores tells "learned something" from "no
 better than guessing", which a comparison of two models alone does not (two models can tie at the floor).
 
-The guess of each protocol is the best one that uses the training data but no image:
+Each protocol's guess uses the training data but no image; it is a simple guess, not the best one for every
+metric (for depth, other constants score better on some of the three):
 - classification (k-NN, linear, logreg): the most frequent training class for every image;
 - segmentation: the most frequent training class for every pixel;
 - depth: one constant for every pixel, the median of the training depths in range;
@@ -22,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..data.datasets import ImageList
+from ..errors import UserError
 from .correspondence import load_pairs_json
 from .depth import depth_task
 from .metrics import confusion_matrix, depth_errors, mean_iou, mean_of
@@ -31,6 +33,8 @@ from .segmentation import IGNORE, load_labels
 def classification_chance(train, val) -> float:
     """Top-1 % on `val` of always answering the most frequent class of `train` (class folders or lists)."""
     train_list, val_list = ImageList.from_source(train), ImageList.from_source(val)
+    if train_list.labels is None or val_list.labels is None:
+        raise UserError(f"{train} and {val} must both carry class labels (class sub-folders or path,label lists)")
     majority = train_list.classes[Counter(train_list.labels).most_common(1)[0][0]]
     val_names = [val_list.classes[i] for i in val_list.labels]
     return 100.0 * val_names.count(majority) / len(val_names)
