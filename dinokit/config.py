@@ -510,6 +510,10 @@ class PretrainConfig:
             problems.append(str(e))
         else:
             p = vit.patch_size
+            for name in ("global_size", "local_size"):
+                if getattr(self.crops, name) < p:
+                    problems.append(f"crops.{name}={getattr(self.crops, name)} is smaller than one {p}×{p} patch "
+                                    f"of {self.model.backbone}")  # fmt: skip
             if vit.pos_embed == "learned":
                 for name in ("global_size", "local_size"):
                     size = getattr(self.crops, name)
