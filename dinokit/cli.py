@@ -162,8 +162,6 @@ def _eval(args) -> int:
     from . import eval as E
     from .atomic import atomic_write_text
 
-    if args.protocol == "depth" and not 0 <= args.min_depth < args.max_depth:
-        raise UserError(f"--min-depth {args.min_depth:g} and --max-depth {args.max_depth:g}: need 0 ≤ min < max")
     if args.protocol == "correspondence" and min(args.thresholds) <= 0:
         raise UserError("--thresholds are distances in pixels and must be positive")
     out = Path(args.output) if args.output else None

@@ -99,7 +99,8 @@ def run_depth(
 
     Depth folders default to the RGB folder with `rgb` replaced by `depth`."""
     if not 0 <= min_depth < max_depth:
-        raise UserError(f"min_depth {min_depth:g} and max_depth {max_depth:g}: need 0 ≤ min < max")
+        raise UserError(f"min depth {min_depth:g} and max depth {max_depth:g} (--min-depth, --max-depth): "
+                        "need 0 ≤ min < max")  # fmt: skip
     swap = ("rgb", "depth")
     train_pairs, val_pairs = find_pairs(train, train_depth, swap), find_pairs(val, val_depth, swap)
     task = depth_task(min_depth, max_depth, depth_scale=depth_scale)
