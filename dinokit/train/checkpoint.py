@@ -7,7 +7,9 @@ stream), `rng` (every rank's generators), `config` and `world_size`.
 
 Files are `checkpoints/step_00001000.pt`; a save goes to a hidden temporary file that is renamed into place,
 so a crash mid-save never leaves a partial checkpoint under a real name. Resuming takes the newest file that
-loads; a damaged one is reported and the next older is used.
+loads; a damaged one (or a file that is not a training checkpoint) is reported and the next older is used. When
+checkpoints exist but none loads, resuming stops with an error rather than silently training from step 0 over
+them.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..errors import UserError
 
 log = logging.getLogger("dinokit.train")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+REQUIRED = ("step", "student", "teacher", "terms", "optimizer", "data", "rng", "world_size", "config")
 
 
 def checkpoint_files(directory: Path) -> list[Path]:
@@ -44,13 +48,44 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep: int = 3) -> P
 
 
 def load_latest(directory: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, or None when there is none."""
-    for path in reversed(checkpoint_files(directory)):
+    """The newest checkpoint that loads, or None when there is none; a UserError when there are some but none
+    loads (starting afresh would overwrite the evidence and the user's expectation of a resumed run)."""
+    files = checkpoint_files(directory)
+    for path in reversed(files):
         try:
-            return path, torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged file: fall back to the previous one
-            log.warning("checkpoint %s cannot be read (%s); trying an older one", path, e)
+            reason = str(e).split(". ")[0].strip()  # torch's first sentence; the rest is generic advice
+            log.warning("checkpoint %s cannot be read (%s); trying an older one", path, reason)
+            continue
+        missing = [k for k in REQUIRED if k not in state] if isinstance(state, dict) else list(REQUIRED)
+        if missing:
+            log.warning("%s is not a training checkpoint (no %s); trying an older one", path, ", ".join(missing))
+            continue
+        return path, state
+    if files:
+        raise UserError(f"none of the {len(files)} checkpoint(s) in {directory} can be read (see the warnings "
+                        "above): move them away to start this run afresh, or train into another output_dir")  # fmt: skip
     return None
+
+
+def state_mismatch(module: torch.nn.Module, saved: dict) -> str:
+    """Why `saved` does not load into `module`, in one line ("" when it does): torch's own message lists every
+    tensor, hundreds of lines for a changed depth."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    reshaped = [k for k in own if k in saved and tuple(own[k].shape) != tuple(saved[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape, e.g. {k} {list(saved[k].shape)} saved, "
+                        f"{list(own[k].shape)} here")  # fmt: skip
+    return "; ".join(problems)
 
 
 # ----------------------------------------------------------------------------------------------- RNG states

@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..models import save_backbone
 from . import distributed as D
 from .build import build, data_iterator
-from .checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state, state_mismatch
 from .logging import RunLog
 from .monitor import HealthMonitor
 from .optim import apply_schedules, clip_gradients
@@ -182,10 +182,22 @@ def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, re
         return 0, 0
     path, state = found
     meta = parts.meta
-    meta.student.load_state_dict(state["student"])
-    meta.teacher.model.load_state_dict(state["teacher"])
-    meta.terms.load_state_dict(state["terms"])
-    parts.optimizer.load_state_dict(state["optimizer"])
+    changed = ", ".join(k for k in changed_keys(state["config"], cfg) if k != "output_dir")
+    problem = state_mismatch(meta.student, state["student"]) or state_mismatch(meta.teacher.model, state["teacher"])
+    if not problem:
+        try:
+            meta.student.load_state_dict(state["student"])
+            meta.teacher.model.load_state_dict(state["teacher"])
+            meta.terms.load_state_dict(state["terms"])
+            parts.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:  # e.g. the optimiser's parameter groups changed
+            problem = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    if problem:
+        raise UserError(
+            f"{path} was written for another model than this configuration builds"
+            f"{f' (changed settings: {changed})' if changed else ''}: {problem.rstrip('.')}. Train into another "
+            f"output_dir (init.backbone={path} starts a new run from its teacher backbone, if the backbone is unchanged)"
+        )
     monitor.load_state_dict(state["monitor"])
     step = state["step"]
     data = state["data"]
@@ -198,7 +210,6 @@ def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, re
         next_batch = math.ceil(seen / (cfg.train.batch_size * info.world_size))
         torch.manual_seed(cfg.seed + info.rank + 7919 * step)
     if info.is_main:
-        changed = ", ".join(k for k in changed_keys(state["config"], cfg) if k != "output_dir")
         log.info("resuming from %s (step %d)%s", path, step, f"; changed settings: {changed}" if changed else "")
     return step, next_batch
 

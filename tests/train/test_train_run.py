@@ -16,7 +16,7 @@ from dinokit.errors import UserError
 from dinokit.models import load_backbone, save_backbone
 from dinokit.models.factory import create_backbone
 from dinokit.train.build import build, build_backbone
-from dinokit.train.checkpoint import checkpoint_files
+from dinokit.train.checkpoint import checkpoint_files, load_latest
 from dinokit.train.distributed import DistInfo
 from dinokit.train.logging import read_metrics
 from dinokit.train.loop import train, train_step
@@ -175,3 +175,23 @@ def test_periodic_knn_settings_are_checked_before_training(tiny_cfg, image_folde
         tiny_cfg("eval.every=2", f"eval.knn.train={image_folder}").validate()
     with pytest.raises(UserError, match="labelled"):  # a flat folder has no classes
         train(tiny_cfg("eval.every=2", f"eval.knn.train={image_folder}", f"eval.knn.val={image_folder}"))
+
+
+def test_resume_skips_damaged_files_and_refuses_what_it_cannot_use(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg("train.steps=4", "checkpoint.every=2"))
+    older, newest = checkpoint_files(run / "checkpoints")
+    newest.write_bytes(newest.read_bytes()[:100])  # cut short, as by a full disk outside the atomic rename
+    torch.save({"weights": torch.zeros(1)}, run / "checkpoints" / "step_00000009.pt")  # not a training checkpoint
+    path, state = load_latest(run / "checkpoints")
+    assert path == older and state["step"] == 2
+
+    other_head = "model.ibot_head={n_prototypes: 32, hidden_dim: 64, bottleneck_dim: 32}"
+    with pytest.raises(UserError, match=r"another model .*ibot_head\.n_prototypes.*: 2 of another shape"):
+        train(tiny_cfg("train.steps=6", other_head))
+
+    older.write_bytes(b"not a checkpoint")
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    with pytest.raises(UserError, match="none of the 3 checkpoint"):
+        train(tiny_cfg("train.steps=6"))  # starting at step 0 would overwrite them
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
