@@ -64,8 +64,10 @@ def load_latest(directory: Path) -> tuple[Path, dict] | None:
             continue
         return path, state
     if files:
-        raise UserError(f"none of the {len(files)} checkpoint(s) in {directory} can be read (see the warnings "
-                        "above): move them away to start this run afresh, or train into another output_dir")  # fmt: skip
+        raise UserError(
+            f"none of the {len(files)} checkpoint(s) in {directory} can be read (see the warnings above): "
+            "move them away to start this run afresh, or train into another output_dir"
+        )
     return None
 
 

@@ -196,7 +196,7 @@ def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, re
         raise UserError(
             f"{path} was written for another model than this configuration builds"
             f"{f' (changed settings: {changed})' if changed else ''}: {problem.rstrip('.')}. Train into another "
-            f"output_dir (init.backbone={path} starts a new run from its teacher backbone, if the backbone is unchanged)"
+            f"output_dir (init.backbone={path} starts a new run from its teacher backbone, if that is unchanged)"
         )
     monitor.load_state_dict(state["monitor"])
     step = state["step"]
