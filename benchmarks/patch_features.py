@@ -1,0 +1,130 @@
+"""How much does one patch token of the demo's backbones say about the material under it? A diagnostic for the
+demo's segmentation row (docs/training.md, "What a short run does not learn").
+
+On the demo's dense scenes (`demo_out/data/seg`), every 16 × 16 patch gets the majority label of its pixels
+(the 255 boundary band left out), and a linear softmax probe (standardised features, full-batch Adam, 300
+epochs) is trained on the training scenes' patches and scored on the validation scenes' patches: patch accuracy
+and mIoU over the 12 classes (10 materials, ground, wall). The features compared:
+- the final patch tokens (after the final norm, as the segmentation protocol reads them) of the randomly
+  initialised backbone (`DemoConfig.random_backbone`) and of trained ones (`RUN/teacher_backbone`);
+- hand-made local features of the same patch: its mean colour, the magnitude of its grey-level spectrum (a
+  phase-invariant texture descriptor) and its row; and its raw pixels.
+If hand-made texture features separate the materials and the backbones' tokens do no better than raw pixels,
+the segmentation probe is limited by the backbone's patch features, not by the task or the probe.
+
+    PYTHONPATH=. python benchmarks/patch_features.py demo_out [more run folders ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dinokit.data.synthetic import IGNORE, SEG_CLASSES
+from dinokit.data.transforms import model_mean_std, normalize
+from dinokit.demo import DemoConfig
+from dinokit.models import load_backbone
+
+PATCH = 16
+CLASSES = len(SEG_CLASSES)
+
+
+def load_split(seg: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images `[N, 3, H, W]` in [0, 1] and label maps `[N, H, W]`."""
+    paths = sorted((seg / "images" / split).glob("*.png"))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    labels = np.stack([np.asarray(Image.open(seg / "annotations" / split / p.name)) for p in paths])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(labels.astype(np.int64))
+
+
+def patches(images: torch.Tensor) -> torch.Tensor:
+    """`[N, 3, H, W]` → `[N, h, w, 3, P, P]`."""
+    return images.unfold(2, PATCH, PATCH).unfold(3, PATCH, PATCH).permute(0, 2, 3, 1, 4, 5)
+
+
+def patch_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The majority label of each patch, ignoring the boundary band: `[N·h·w]`."""
+    blocks = labels.unfold(1, PATCH, PATCH).unfold(2, PATCH, PATCH).flatten(3)  # [N, h, w, P·P]
+    counts = F.one_hot(torch.where(blocks == IGNORE, CLASSES, blocks), CLASSES + 1)[..., :CLASSES].sum(-2)
+    return counts.argmax(-1).flatten()
+
+
+def handmade(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-patch hand-made features, each `[N·h·w, D]`."""
+    p = patches(images)  # [N, h, w, 3, P, P]
+    n, h, w = p.shape[:3]
+    grey = p.mean(3)  # [N, h, w, P, P]
+    spectrum = torch.fft.rfft2(grey - grey.mean((-2, -1), keepdim=True)).abs().flatten(-2)  # [N, h, w, P·(P/2+1)]
+    spectrum = spectrum / spectrum.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # contrast-invariant
+    colour = p.mean((-2, -1))  # [N, h, w, 3]
+    row = F.one_hot(torch.arange(h), h).float().view(1, h, 1, h).expand(n, h, w, h)
+    flat = lambda t: t.reshape(n * h * w, -1)  # noqa: E731
+    return {
+        "mean colour": flat(colour),
+        "raw pixels": flat(p),
+        "spectrum magnitude": flat(spectrum),
+        "colour + spectrum + row": flat(torch.cat([colour, spectrum, row], -1)),
+    }
+
+
+@torch.no_grad()
+def patch_tokens(model, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
+    """Final-normed patch tokens `[N·h·w, D]`."""
+    mean, std = model_mean_std(model)
+    chunks = images.split(batch)
+    return torch.cat([model.forward_features(normalize(x, mean, std)).patches for x in chunks]).flatten(0, 1)
+
+
+def probe(train_x, train_y, val_x, val_y, epochs: int = 300) -> tuple[float, float, list[float]]:
+    """Patch accuracy, mIoU over the classes present in validation, and per-class IoU (all percent)."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, val_x = (train_x - mu) / sd, (val_x - mu) / sd
+    torch.manual_seed(0)
+    head = torch.nn.Linear(train_x.shape[1], CLASSES)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        F.cross_entropy(head(train_x), train_y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        pred = head(val_x).argmax(-1)
+    conf = torch.bincount(val_y * CLASSES + pred, minlength=CLASSES**2).view(CLASSES, CLASSES).double()
+    iou = conf.diag() / (conf.sum(0) + conf.sum(1) - conf.diag()).clamp_min(1)
+    present = conf.sum(1) > 0
+    return 100 * (pred == val_y).float().mean().item(), 100 * iou[present].mean().item(), (100 * iou).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("demo", type=Path, help="a `dinokit demo` output folder (data/seg, run/teacher_backbone)")
+    parser.add_argument("runs", type=Path, nargs="*", help="more `dinokit train` run folders to compare")
+    parser.add_argument("--seed", type=int, default=0, help="the demo's seed (for the random backbone)")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    (train_images, train_labels), (val_images, val_labels) = (
+        load_split(args.demo / "data" / "seg", split) for split in ("training", "validation")
+    )
+    train_y, val_y = patch_labels(train_labels), patch_labels(val_labels)
+    share = torch.bincount(val_y, minlength=CLASSES).float() / len(val_y)
+    print(f"{len(train_y)} training and {len(val_y)} validation patches; validation share of ground "
+          f"{100 * share[-2]:.0f} %, wall {100 * share[-1]:.0f} %")  # fmt: skip
+    features = {name: (a, b) for (name, a), b in zip(handmade(train_images).items(), handmade(val_images).values())}
+    models = {"random backbone": DemoConfig().random_backbone(args.seed)}
+    for run in [args.demo / "run", *args.runs]:
+        models[f"trained ({run})"] = load_backbone(run / "teacher_backbone")
+    for name, model in models.items():
+        features[name] = (patch_tokens(model, train_images), patch_tokens(model, val_images))
+    print(f"| features | patch accuracy % | patch mIoU % | IoU per class ({', '.join(SEG_CLASSES)}) |")
+    print("|---|---|---|---|")
+    for name, (train_x, val_x) in features.items():
+        accuracy, miou, per_class = probe(train_x, train_y, val_x, val_y)
+        print(f"| {name} | {accuracy:.1f} | {miou:.1f} | {' '.join(f'{v:.0f}' for v in per_class)} |")
+
+
+if __name__ == "__main__":
+    main()
