@@ -7,6 +7,9 @@ epochs) is trained on the training scenes' patches and scored on the validation 
 and mIoU over the 12 classes (10 materials, ground, wall). The features compared:
 - the final patch tokens (after the final norm, as the segmentation protocol reads them) of the randomly
   initialised backbone (`DemoConfig.random_backbone`) and of trained ones (`RUN/teacher_backbone`);
+- the CLS token of the same backbones for a 48 px window centred on the patch (the demo's local-crop size;
+  the scene reflected at its borders): whether the texture features a network learned reach the patch in
+  another form;
 - hand-made local features of the same patch: its mean colour, the magnitude of its grey-level spectrum (a
   phase-invariant texture descriptor) and its row; and its raw pixels.
 If hand-made texture features separate the materials and the backbones' tokens do no better than raw pixels,
@@ -80,6 +83,17 @@ def patch_tokens(model, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
     return torch.cat([model.forward_features(normalize(x, mean, std)).patches for x in chunks]).flatten(0, 1)
 
 
+@torch.no_grad()
+def window_cls(model, images: torch.Tensor, window: int = 48, batch: int = 500) -> torch.Tensor:
+    """The CLS token of a `window`-pixel crop centred on each patch: `[N·h·w, D]`."""
+    mean, std = model_mean_std(model)
+    pad = (window - PATCH) // 2
+    padded = F.pad(normalize(images, mean, std), (pad, pad, pad, pad), mode="reflect")  # [N, 3, H+2p, W+2p]
+    crops = padded.unfold(2, window, PATCH).unfold(3, window, PATCH)  # [N, 3, h, w, win, win]
+    crops = crops.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, window, window)  # [N·h·w, 3, win, win]
+    return torch.cat([model.forward_features(x).cls for x in crops.split(batch)])
+
+
 def probe(train_x, train_y, val_x, val_y, epochs: int = 300) -> tuple[float, float, list[float]]:
     """Patch accuracy, mIoU over the classes present in validation, and per-class IoU (all percent)."""
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
@@ -119,6 +133,7 @@ def main() -> None:
         models[f"trained ({run})"] = load_backbone(run / "teacher_backbone")
     for name, model in models.items():
         features[name] = (patch_tokens(model, train_images), patch_tokens(model, val_images))
+        features[f"{name}, CLS of a 48 px window"] = (window_cls(model, train_images), window_cls(model, val_images))
     print(f"| features | patch accuracy % | patch mIoU % | IoU per class ({', '.join(SEG_CLASSES)}) |")
     print("|---|---|---|---|")
     for name, (train_x, val_x) in features.items():
