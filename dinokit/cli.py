@@ -102,7 +102,7 @@ def _add_eval(sub) -> None:
     def protocol(name: str, help: str, size: int):
         q = protocols.add_parser(name, help=help)
         q.add_argument("--backbone", required=True, help="any checkpoint load_backbone reads, or random:<preset>")
-        q.add_argument("--seed", type=int, default=0, help="seed of random:<preset> and of the protocol")
+        q.add_argument("--seed", type=non_negative_int, default=0, help="seed of random:<preset> and of the protocol")
         q.add_argument("--size", type=positive_int, default=size, help=f"image size in pixels (default {size})")
         q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
         q.add_argument("--output", default=None, help="also write the metrics to this JSON file")
@@ -228,7 +228,7 @@ def _add_data(sub) -> None:
     verbs = p.add_subparsers(dest="data_command", required=True, metavar="<command>")
     q = verbs.add_parser("synth", help="write the synthetic benchmark in every evaluation layout")
     q.add_argument("output", help="output folder (created; must not exist or be empty)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=non_negative_int, default=0)
     q.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     q.add_argument("--scale", type=float, default=1.0, help="multiply every image count (default 1: ~3,300 items)")
     q.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count, at most 8)")
@@ -259,7 +259,7 @@ def _add_demo(sub) -> None:
         "or --image: the photo demo (one image's features and the PCA picture of its patches).",
     )
     p.add_argument("--output", default="demo_out", help="output folder (default: demo_out/)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     photo = p.add_argument_group("photo demo")
     photo.add_argument("--backbone", default=None, help="checkpoint, or random:<preset> (default random:dinov3_vits16)")
     photo.add_argument("--image", default=None, help="an image file (default: a sample photo)")

@@ -478,6 +478,8 @@ class PretrainConfig:
         problems = []
         if not self.data.path:
             problems.append("data.path is required (an image folder, a file list or tar shards)")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0, got {self.seed}")
         for name in ("train.steps", "train.batch_size", "train.grad_accumulation", "train.log_every"):
             section, key = name.split(".")
             if getattr(getattr(self, section), key) < 1:

@@ -60,6 +60,9 @@ def test_validation_catches_inconsistent_values():
     cfg = load_config(PretrainConfig, None, ["data.path=x", "model.backbone=dinov3_vits16", "crops.local_size=8"])
     with pytest.raises(ConfigError, match="crops.local_size=8 is smaller than one 16×16 patch"):
         cfg.validate()
+    cfg = load_config(PretrainConfig, None, ["data.path=x", "seed=-1"])
+    with pytest.raises(ConfigError, match="seed must be >= 0"):
+        cfg.validate()
     cfg = load_config(PretrainConfig, None, ["model.backbone_options={drop_path_rate: high}"])
     with pytest.raises(ConfigError, match="data.path is required") as e:
         cfg.validate()

@@ -488,6 +488,9 @@ def write_synthetic(
         if json.loads((out / "manifest.json").read_text()) == {**manifest, "classes": list(MATERIALS)}:
             return out
         raise FileExistsError(f"{out} holds a different synthetic set; choose another folder or remove it")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # the output or its nearest existing parent
+    if not existing.is_dir():
+        raise FileExistsError(f"{existing} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
     tmp = out.with_name(f".{out.name}.partial")
