@@ -478,8 +478,7 @@ class PretrainConfig:
         problems = []
         if not self.data.path:
             problems.append("data.path is required (an image folder, a file list or tar shards)")
-        if self.seed < 0:
-            problems.append(f"seed must be >= 0, got {self.seed}")
+        problems += self._out_of_range()
         for name in ("train.steps", "train.batch_size", "train.grad_accumulation", "train.log_every"):
             section, key = name.split(".")
             if getattr(getattr(self, section), key) < 1:
@@ -526,6 +525,49 @@ class PretrainConfig:
                         )
         if problems:
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+    def _out_of_range(self) -> list[str]:
+        """Numbers outside their meaningful range (a negative learning rate, a zero temperature, a momentum above
+        1): each would train without an error, to nonsense or NaN."""
+        o, t = self.optim, self.teacher
+
+        def weight_ok(w) -> bool:
+            return (w.peak >= 0 and (w.end is None or w.end >= 0)) if isinstance(w, CurveConfig) else w >= 0
+
+        checks = [
+            ("seed", self.seed, ">= 0", self.seed >= 0),
+            ("data.num_workers", self.data.num_workers, ">= 0", self.data.num_workers >= 0),
+            ("optim.base_lr", o.base_lr, "> 0", o.base_lr > 0),
+            ("optim.min_lr", o.min_lr, ">= 0", o.min_lr >= 0),
+            ("optim.warmup_steps", o.warmup_steps, ">= 0", o.warmup_steps >= 0),
+            ("optim.weight_decay", o.weight_decay, ">= 0", o.weight_decay >= 0),
+            ("optim.weight_decay_end", o.weight_decay_end, ">= 0", o.weight_decay_end >= 0),
+            ("optim.layerwise_decay", o.layerwise_decay, "in (0, 1]", 0 < o.layerwise_decay <= 1),
+            ("optim.patch_embed_lr_mult", o.patch_embed_lr_mult, ">= 0", o.patch_embed_lr_mult >= 0),
+            ("optim.betas", list(o.betas), "in [0, 1)", all(0 <= b < 1 for b in o.betas)),
+            ("optim.clip_grad", o.clip_grad, "> 0 or null", o.clip_grad is None or o.clip_grad > 0),
+            ("optim.freeze_last_layer_steps", o.freeze_last_layer_steps, ">= 0", o.freeze_last_layer_steps >= 0),
+            ("teacher.momentum", t.momentum, "in [0, 1]", 0 <= t.momentum <= 1),
+            ("teacher.final_momentum", t.final_momentum, "in [0, 1]", 0 <= t.final_momentum <= 1),
+            ("teacher.center_momentum", t.center_momentum, "in [0, 1]", 0 <= t.center_momentum <= 1),
+            ("teacher.sinkhorn_iterations", t.sinkhorn_iterations, ">= 1", t.sinkhorn_iterations >= 1),
+            ("teacher.temp", t.temp, "> 0", t.temp > 0),
+            ("teacher.warmup_temp", t.warmup_temp, "> 0", t.warmup_temp > 0),
+            ("teacher.warmup_temp_steps", t.warmup_temp_steps, ">= 0", t.warmup_temp_steps >= 0),
+            ("masking.min_aspect", self.masking.min_aspect, "> 0", self.masking.min_aspect > 0),
+        ]
+        for name, head in (("model.dino_head", self.model.dino_head), ("model.ibot_head", self.model.ibot_head)):
+            for key in ("n_prototypes", "hidden_dim", "bottleneck_dim", "nlayers"):
+                if head is not None:
+                    value = getattr(head, key)
+                    checks.append((f"{name}.{key}", value, ">= 1", value >= 1))
+        for term, loss in self.losses.enabled().items():
+            w = loss.weight
+            shown = f"{{peak: {w.peak}, end: {w.end}}}" if isinstance(w, CurveConfig) else w
+            checks.append((f"losses.{term}.weight", shown, ">= 0", weight_ok(w)))
+            if hasattr(loss, "student_temp"):
+                checks.append((f"losses.{term}.student_temp", loss.student_temp, "> 0", loss.student_temp > 0))
+        return [f"{name} must be {rule}, got {value}" for name, value, rule, ok in checks if not ok]
 
     def backbone_config(self):
         """The student/teacher `ViTConfig`: the preset with `model.backbone_options`, type-checked."""

@@ -60,9 +60,13 @@ def test_validation_catches_inconsistent_values():
     cfg = load_config(PretrainConfig, None, ["data.path=x", "model.backbone=dinov3_vits16", "crops.local_size=8"])
     with pytest.raises(ConfigError, match="crops.local_size=8 is smaller than one 16×16 patch"):
         cfg.validate()
-    cfg = load_config(PretrainConfig, None, ["data.path=x", "seed=-1"])
-    with pytest.raises(ConfigError, match="seed must be >= 0"):
-        cfg.validate()
+    nonsense = ["seed=-1", "optim.base_lr=-1", "teacher.momentum=2", "teacher.temp=0", "optim.layerwise_decay=0",
+                "model.dino_head={n_prototypes: 0}", "losses.koleo.weight={peak: -1}", "optim.betas=[0.9, 1.0]"]
+    with pytest.raises(ConfigError) as e:  # each would train without an error, to nonsense or NaN
+        load_config(PretrainConfig, None, ["data.path=x", *nonsense]).validate()
+    for override in nonsense:
+        assert override.split("=")[0].split("{")[0] in str(e.value), override
+    assert "losses.koleo.weight must be >= 0, got {peak: -1.0" in str(e.value)
     cfg = load_config(PretrainConfig, None, ["model.backbone_options={drop_path_rate: high}"])
     with pytest.raises(ConfigError, match="data.path is required") as e:
         cfg.validate()
