@@ -115,7 +115,8 @@ def _add_eval(sub) -> None:
 
     def loader(q) -> None:
         q.add_argument("--batch-size", type=positive_int, default=64)
-        q.add_argument("--workers", type=non_negative_int, default=4, help="data-loading processes (default 4)")
+        q.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
+                       help="data-loading processes (default: 4, or the CPU count when smaller)")  # fmt: skip
 
     def dense(q, iterations: int) -> None:
         q.add_argument("--crop", type=positive_int, help="training crop / sliding window (default: --size)")

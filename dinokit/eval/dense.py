@@ -100,6 +100,17 @@ class DenseTask:
     to_output: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # head logits → output [B, C, size]
 
 
+def load_pair(image_path: Path, target_path: Path, task: DenseTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image `[3, H, W]` and its target `[h, w]`. The target may be stored at another resolution (it is
+    resized), but not with another shape: that is a mis-paired file."""
+    image, target = decode_image(image_path), task.load_target(target_path)
+    (H, W), (h, w) = image.shape[-2:], target.shape[-2:]
+    if abs((W / H) / (w / h) - 1) > 0.02:  # 2 %: rounding of a half-resolution map stays well inside
+        raise UserError(f"{target_path} is {w}×{h} pixels but its image {image_path} is {W}×{H}: another shape, "
+                        "so probably not its target")  # fmt: skip
+    return image, target
+
+
 def resize_pair(image: torch.Tensor, target: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Shorter side → `size`: the image bilinearly (antialiased), the target by nearest neighbour."""
     image = resize(to_float(image), size, mode="bilinear")
@@ -144,7 +155,7 @@ def cache_crops(
         batch.clear()
 
     for image_path, target_path in tqdm(pairs, desc="dense train features", unit="img", leave=False):
-        image, target = resize_pair(decode_image(image_path), task.load_target(target_path), size)
+        image, target = resize_pair(*load_pair(image_path, target_path, task), size)
         for _ in range(crops_per_image):
             batch.append(random_crop(image, target, crop, task.pad_value, g))
             if len(batch) == batch_size:
@@ -258,8 +269,8 @@ def dense_probe(
     stride = max(model.patch_size, round_to_patch(crop * 2 // 3, model.patch_size))
     results = []
     for image_path, target_path in tqdm(val_pairs, desc=f"{name} evaluation", unit="img", leave=False):
-        target = task.load_target(target_path)
-        image = normalize(resize(to_float(decode_image(image_path)), size, mode="bilinear"), mean, std)
+        image, target = load_pair(image_path, target_path, task)
+        image = normalize(resize(to_float(image), size, mode="bilinear"), mean, std)
         out = sliding_window(model, head.to(device), image, crop, stride, task.to_output, device)
         out = F.interpolate(out[None], size=tuple(target.shape), mode="bilinear", align_corners=False)[0]
         results.append((out, target))

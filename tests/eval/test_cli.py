@@ -80,6 +80,11 @@ def test_malformed_user_files_are_one_message_and_status_2(synth_cli, tmp_path, 
     code, err = run("seg", "--train", seg / "images/training", "--val", seg / "images/validation", "--iterations", 1,
                     "--num-classes", 12)  # fmt: skip
     assert code == 2 and f"{label}: label 12 but 12 classes" in err and "--reduce-zero-label" in err
+    Image.fromarray(np.zeros((16, 32), np.uint8)).save(label)  # another shape than its 32 × 32 image
+    code, err = run("seg", "--train", seg / "images/training", "--val", seg / "images/validation", "--iterations", 1)
+    assert code == 2 and f"{label} is 32×16 pixels but its image" in err
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(label)  # half resolution: resized, not an error
+    assert run("seg", "--train", seg / "images/training", "--val", seg / "images/validation", "--iterations", 1)[0] == 0
 
     depth = shutil.copytree(synth_cli / "depth", tmp_path / "depth")
     target = sorted((depth / "train/depth").iterdir())[0]
