@@ -35,6 +35,25 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def device_name(text: str) -> str:
+    """argparse type: a torch device this machine has (`cpu`, `cuda`, `cuda:1`, `mps` …)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device name (cpu, cuda, cuda:1, mps …)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError("no CUDA device here (this PyTorch has no CUDA, or no GPU is visible)")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError("no MPS device here")
+    return text
+
+
 # -------------------------------------------------------------------------------------------------- info
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print the architecture a checkpoint holds")
@@ -104,7 +123,9 @@ def _add_eval(sub) -> None:
         q.add_argument("--backbone", required=True, help="any checkpoint load_backbone reads, or random:<preset>")
         q.add_argument("--seed", type=non_negative_int, default=0, help="seed of random:<preset> and of the protocol")
         q.add_argument("--size", type=positive_int, default=size, help=f"image size in pixels (default {size})")
-        q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+        q.add_argument(
+            "--device", type=device_name, default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)"
+        )
         q.add_argument("--output", default=None, help="also write the metrics to this JSON file")
         q.set_defaults(func=_eval)
         return q
@@ -330,7 +351,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--overlap", type=non_negative_int, default=0, help="tile overlap in px (overlaps are averaged)")
     p.add_argument("--layers", type=int, nargs="*", default=[], help="also store these blocks' patch tokens (0-based)")
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument(
+        "--device", type=device_name, default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)"
+    )
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
     p.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--format", choices=["safetensors", "npy"], default="safetensors")

@@ -41,6 +41,8 @@ def test_user_mistakes_exit_2_without_traceback(tmp_path):
                  ["extract", image, *model, "--output", str(tmp_path / "f"), "--batch-size", "0"],
                  ["index", "search", str(tmp_path / "idx"), image, "--k", "-1"],
                  ["data", "synth", str(tmp_path / "s"), "--seed", "-1"],  # numpy seeds are non-negative
+                 ["extract", image, *model, "--output", str(tmp_path / "f"), "--device", "banana"],
+                 ["eval", "knn", *model, "--train", str(tmp_path), "--val", str(tmp_path), "--device", "cuda:99"],
                  ["data", "synth", str(tmp_path / "a_file" / "s")],  # inside a file
                  # an output where a file already is: the system's message and the path, no traceback
                  ["extract", image, *model, "--output", str(tmp_path / "a_file"), "--size", "32"],

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..data.images import IMAGE_EXTENSIONS, decode_image
 from ..data.transforms import model_mean_std, normalize, resize, round_to_patch, to_float
 from ..errors import UserError
+from .features import default_device
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -253,9 +254,7 @@ def dense_probe(
 ):
     """Cache crops, train the head, run sliding windows over the validation images; `score(outputs)` turns the
     list of (prediction at target resolution, target) into metrics."""
-    device = (
-        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = torch.device(device) if device is not None else default_device()
     model = model.eval().to(device)
     crop = round_to_patch(crop, model.patch_size)
     if max_images:
