@@ -3,7 +3,7 @@ logged step with `step` and every loss term and metric) and, when `tensorboard` 
 event files in `tensorboard/`. Only rank 0 writes.
 
 Resuming truncates `metrics.jsonl` to the steps the checkpoint had completed, so the file never holds the same
-step twice.
+step twice; a line cut short by a kill in the middle of its write is dropped then (and skipped when reading).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from ..atomic import atomic_write_text
 
 SHOWN = ("loss", "dino", "ibot", "koleo")  # in the progress bar, besides lr and images/s
 
@@ -78,10 +80,20 @@ def _truncate(path: Path, start_step: int) -> None:
     """Drop records of steps after `start_step` (written before a crash, redone after resuming)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [json.dumps(r) for r in _records(path.read_text()) if r["step"] <= start_step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _records(text: str) -> list[dict]:
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn line: the process was killed while appending it
+            continue
+    return records
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a `metrics.jsonl`."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return _records(Path(path).read_text())

@@ -81,6 +81,8 @@ def test_resume_after_a_crash_is_bit_exact(tiny_cfg, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(crashed, eval_fn=crash_at_3)
     assert [p.name for p in checkpoint_files(tmp_path / "b" / "checkpoints")] == ["step_00000002.pt"]
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as log:
+        log.write('{"step": 3, "loss": 8.1')  # a line torn by a kill in the middle of its write
     train(crashed, resume=True, eval_fn=lambda backbone, step: {})
     _assert_same_run(_final_state(tmp_path / "a"), _final_state(tmp_path / "b"))
     kept = [p.name for p in checkpoint_files(tmp_path / "b" / "checkpoints")]
