@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .errors import UserError
 
 
@@ -182,7 +183,6 @@ def _eval(args) -> int:
     import torch
 
     from . import eval as E
-    from .atomic import atomic_write_text
 
     if args.protocol == "correspondence" and min(args.thresholds) <= 0:
         raise UserError("--thresholds are distances in pixels and must be positive")
@@ -487,7 +487,7 @@ def _index_search(args) -> int:
         for rank, (path, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:.4f}  {path}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        atomic_write_text(args.json, json.dumps(results, indent=1))
     return 0
 
 
@@ -640,7 +640,7 @@ def _head_predict(args) -> int:
         results[path] = summarise(out, config)
         print(f"{path}: {results[path]}")
     if args.output and config.task != "segment":
-        Path(args.output).write_text(json.dumps(results, indent=1))
+        atomic_write_text(args.output, json.dumps(results, indent=1))
     return 0
 
 
