@@ -222,6 +222,23 @@ def table_rows(comparison: list[dict]) -> list[list[str]]:
     return out
 
 
+DENSE_PROTOCOLS = ("segmentation", "depth", "correspondence")  # the rows that read patch tokens
+
+
+def shortfall_text(rows: list[list[str]]) -> str:
+    """A sentence for the report naming the rows where training did not help beyond noise ("" when none), and
+    where they all read patch tokens, why (measured in docs/training.md)."""
+    missed = [r for r in rows if r[-1] != "yes"]
+    if not missed:
+        return ""
+    text = "Not better beyond noise in this run: " + ", ".join(f"{r[0]} ({r[1]})" for r in missed) + "."
+    if all(r[0] in DENSE_PROTOCOLS for r in missed):
+        text += (" These rows read the patch tokens, and a run this short learns image-level features but hardly "
+                 "any patch-level ones; docs/training.md ('What a short run does not learn') has the measurements, "
+                 "and benchmarks/patch_features.py probes the patch tokens of this output folder.")  # fmt: skip
+    return text
+
+
 def print_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [HEADER, *rows]]
@@ -373,6 +390,9 @@ def write_report(out: Path, rows, figures: dict[str, Path], timings: dict, confi
         "'better beyond noise' means the whole interval favours the trained model; it says nothing of the size "
         "of the gain and does not include the spread between training runs."
     )
+    shortfall = shortfall_text(rows)
+    if shortfall:
+        report.text(shortfall)
     report.heading("Figures")
     report.figure(figures["loss"].name, "Pretraining losses per step (DINO, iBOT, KoLeo and their weighted sum).")
     if "knn" in figures:

@@ -12,6 +12,7 @@ from dinokit.demo import (
     make_figures,
     print_table,
     query_patch,
+    shortfall_text,
     table_rows,
 )
 from dinokit.eval.report import Report, image_grid, line_plot
@@ -41,6 +42,15 @@ def test_query_patch_prefers_a_card_near_the_centre():
     labels[40:64, 0:16] = 3  # a card at the bottom left
     assert query_patch(labels, (4, 4)) == (2, 0)  # the card patch whose centre (y 40, x 8) is nearest the middle
     assert query_patch(np.full((64, 64), 11, np.uint8), (4, 4)) == (2, 2)  # no card: the centre
+
+
+def test_the_report_names_the_rows_training_did_not_improve():
+    row = lambda protocol, verdict: [protocol, "m", "1", "2", "3", "+1 [0, 2]", verdict]  # noqa: E731
+    assert shortfall_text([row("k-NN (k = 20)", "yes"), row("depth", "yes")]) == ""
+    text = shortfall_text([row("k-NN (k = 20)", "yes"), row("segmentation", "no (within noise)")])
+    assert text.startswith("Not better beyond noise in this run: segmentation (m).") and "patch-level" in text
+    text = shortfall_text([row("linear probe", "NO (worse)"), row("segmentation", "no (within noise)")])
+    assert "linear probe (m), segmentation (m)" in text and "patch-level" not in text  # no reason claimed
 
 
 @pytest.mark.slow
