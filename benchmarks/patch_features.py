@@ -31,6 +31,7 @@ from PIL import Image
 from dinokit.data.synthetic import IGNORE, SEG_CLASSES
 from dinokit.data.transforms import model_mean_std, normalize
 from dinokit.demo import DemoConfig
+from dinokit.eval.metrics import confusion_matrix, mean_iou
 from dinokit.models import load_backbone
 
 PATCH = 16
@@ -95,7 +96,7 @@ def window_cls(model, images: torch.Tensor, window: int = 48, batch: int = 500) 
 
 
 def probe(train_x, train_y, val_x, val_y, epochs: int = 300) -> tuple[float, float, list[float]]:
-    """Patch accuracy, mIoU over the classes present in validation, and per-class IoU (all percent)."""
+    """Patch accuracy, mIoU (as the segmentation protocol scores it) and per-class IoU, all in percent."""
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, val_x = (train_x - mu) / sd, (val_x - mu) / sd
     torch.manual_seed(0)
@@ -107,10 +108,9 @@ def probe(train_x, train_y, val_x, val_y, epochs: int = 300) -> tuple[float, flo
         optimizer.step()
     with torch.no_grad():
         pred = head(val_x).argmax(-1)
-    conf = torch.bincount(val_y * CLASSES + pred, minlength=CLASSES**2).view(CLASSES, CLASSES).double()
+    conf = confusion_matrix(pred, val_y, CLASSES).double()  # [C, C], the protocol's own scoring
     iou = conf.diag() / (conf.sum(0) + conf.sum(1) - conf.diag()).clamp_min(1)
-    present = conf.sum(1) > 0
-    return 100 * (pred == val_y).float().mean().item(), 100 * iou[present].mean().item(), (100 * iou).tolist()
+    return 100 * (pred == val_y).float().mean().item(), mean_iou(conf), (100 * iou).tolist()
 
 
 def main() -> None:

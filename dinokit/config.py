@@ -556,11 +556,11 @@ class PretrainConfig:
             ("teacher.warmup_temp_steps", t.warmup_temp_steps, ">= 0", t.warmup_temp_steps >= 0),
             ("masking.min_aspect", self.masking.min_aspect, "> 0", self.masking.min_aspect > 0),
         ]
-        for name, head in (("model.dino_head", self.model.dino_head), ("model.ibot_head", self.model.ibot_head)):
+        heads = {"model.dino_head": self.model.dino_head, "model.ibot_head": self.model.ibot_head}
+        for name, head in ((n, h) for n, h in heads.items() if h is not None):
             for key in ("n_prototypes", "hidden_dim", "bottleneck_dim", "nlayers"):
-                if head is not None:
-                    value = getattr(head, key)
-                    checks.append((f"{name}.{key}", value, ">= 1", value >= 1))
+                value = getattr(head, key)
+                checks.append((f"{name}.{key}", value, ">= 1", value >= 1))
         for term, loss in self.losses.enabled().items():
             w = loss.weight
             shown = f"{{peak: {w.peak}, end: {w.end}}}" if isinstance(w, CurveConfig) else w
