@@ -15,12 +15,18 @@ and mIoU over the 12 classes (10 materials, ground, wall). The features compared
 If hand-made texture features separate the materials and the backbones' tokens do no better than raw pixels,
 the segmentation probe is limited by the backbone's patch features, not by the task or the probe.
 
+Then, for each trained run, what its iBOT targets follow: the teacher's most likely iBOT prototype of each
+patch (what the student is taught to predict at a masked patch) is predicted from the patch's mean colour and,
+separately, from its spectrum, by the same linear probe. Targets that follow the colour rather than the
+texture teach the student to inpaint colours.
+
     PYTHONPATH=. python benchmarks/patch_features.py demo_out [more run folders ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +34,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dinokit.config import PretrainConfig, load_config
 from dinokit.data.synthetic import IGNORE, SEG_CLASSES
 from dinokit.data.transforms import model_mean_std, normalize
 from dinokit.demo import DemoConfig
 from dinokit.eval.metrics import confusion_matrix, mean_iou
 from dinokit.models import load_backbone
+from dinokit.models.heads import DINOHead
+from dinokit.train.checkpoint import checkpoint_files
 
 PATCH = 16
 CLASSES = len(SEG_CLASSES)
@@ -95,22 +104,40 @@ def window_cls(model, images: torch.Tensor, window: int = 48, batch: int = 500) 
     return torch.cat([model.forward_features(x).cls for x in crops.split(batch)])
 
 
-def probe(train_x, train_y, val_x, val_y, epochs: int = 300) -> tuple[float, float, list[float]]:
-    """Patch accuracy, mIoU (as the segmentation protocol scores it) and per-class IoU, all in percent."""
+def fit_predict(train_x, train_y, val_x, classes: int, epochs: int = 300) -> torch.Tensor:
+    """A linear softmax classifier on standardised features (full-batch Adam): its predictions for `val_x`."""
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, val_x = (train_x - mu) / sd, (val_x - mu) / sd
     torch.manual_seed(0)
-    head = torch.nn.Linear(train_x.shape[1], CLASSES)
+    head = torch.nn.Linear(train_x.shape[1], classes)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
     for _ in range(epochs):
         optimizer.zero_grad()
         F.cross_entropy(head(train_x), train_y).backward()
         optimizer.step()
     with torch.no_grad():
-        pred = head(val_x).argmax(-1)
+        return head(val_x).argmax(-1)
+
+
+def probe(train_x, train_y, val_x, val_y) -> tuple[float, float, list[float]]:
+    """Patch accuracy, mIoU (as the segmentation protocol scores it) and per-class IoU, all in percent."""
+    pred = fit_predict(train_x, train_y, val_x, CLASSES)
     conf = confusion_matrix(pred, val_y, CLASSES).double()  # [C, C], the protocol's own scoring
     iou = conf.diag() / (conf.sum(0) + conf.sum(1) - conf.diag()).clamp_min(1)
     return 100 * (pred == val_y).float().mean().item(), mean_iou(conf), (100 * iou).tolist()
+
+
+@torch.no_grad()
+def ibot_targets(run: Path, images: torch.Tensor) -> torch.Tensor:
+    """The teacher's most likely iBOT prototype for each patch, from the newest checkpoint of a run: `[N·h·w]`."""
+    config = load_config(PretrainConfig, run / "config.yaml")
+    head_config = config.model.ibot_head or config.model.dino_head  # null: iBOT shares the DINO head
+    name = "ibot_head" if config.model.ibot_head is not None else "dino_head"
+    teacher = torch.load(checkpoint_files(run / "checkpoints")[-1], map_location="cpu", weights_only=True)["teacher"]
+    backbone = load_backbone(run / "teacher_backbone")
+    head = DINOHead(backbone.embed_dim, **dataclasses.asdict(head_config))
+    head.load_state_dict({k[len(name) + 1 :]: v for k, v in teacher.items() if k.startswith(name + ".")})
+    return head(patch_tokens(backbone, images)).argmax(-1)
 
 
 def main() -> None:
@@ -139,6 +166,18 @@ def main() -> None:
     for name, (train_x, val_x) in features.items():
         accuracy, miou, per_class = probe(train_x, train_y, val_x, val_y)
         print(f"| {name} | {accuracy:.1f} | {miou:.1f} | {' '.join(f'{v:.0f}' for v in per_class)} |")
+
+    print("\n| run | its iBOT target predicted from the mean colour | from the spectrum | majority target |")
+    print("|---|---|---|---|")
+    train_hand, val_hand = handmade(train_images), handmade(val_images)
+    for run in [args.demo / "run", *args.runs]:
+        train_t, val_t = ibot_targets(run, train_images), ibot_targets(run, val_images)
+        k = int(max(train_t.max(), val_t.max())) + 1
+        accuracy = {f: 100 * (fit_predict(train_hand[f], train_t, val_hand[f], k) == val_t).float().mean().item()
+                    for f in ("mean colour", "spectrum magnitude")}  # fmt: skip
+        majority = 100 * (val_t == train_t.mode().values).float().mean().item()
+        colour, spectrum = accuracy["mean colour"], accuracy["spectrum magnitude"]
+        print(f"| {run} | {colour:.1f} % | {spectrum:.1f} % | {majority:.1f} % |")
 
 
 if __name__ == "__main__":
