@@ -128,9 +128,9 @@ def probe(train_x, train_y, val_x, val_y) -> tuple[float, float, list[float]]:
 
 
 @torch.no_grad()
-def ibot_targets(run: Path, images: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The teacher's most likely iBOT prototype for each patch `[N·h·w]`, from the newest checkpoint of a run, and
-    the number of prototypes."""
+def ibot_targets(run: Path, *image_sets: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """The teacher's most likely iBOT prototype for each patch `[N·h·w]` of each image set, from the newest
+    checkpoint of a run, and the number of prototypes."""
     config = load_config(PretrainConfig, run / "config.yaml")
     head_config = config.model.ibot_head or config.model.dino_head  # null: iBOT shares the DINO head
     name = "ibot_head" if config.model.ibot_head is not None else "dino_head"
@@ -138,7 +138,7 @@ def ibot_targets(run: Path, images: torch.Tensor) -> tuple[torch.Tensor, int]:
     backbone = load_backbone(run / "teacher_backbone")
     head = DINOHead(backbone.embed_dim, **dataclasses.asdict(head_config))
     head.load_state_dict({k[len(name) + 1 :]: v for k, v in teacher.items() if k.startswith(name + ".")})
-    return head(patch_tokens(backbone, images)).argmax(-1), head.n_prototypes
+    return [head(patch_tokens(backbone, images)).argmax(-1) for images in image_sets], head.n_prototypes
 
 
 def main() -> None:
@@ -173,7 +173,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     train_hand, val_hand = handmade(train_images), handmade(val_images)
     for run in [args.demo / "run", *args.runs]:
-        (train_t, k), (val_t, _) = ibot_targets(run, train_images), ibot_targets(run, val_images)
+        (train_t, val_t), k = ibot_targets(run, train_images, val_images)
         accuracy = {f: 100 * (fit_predict(train_hand[f], train_t, val_hand[f], k) == val_t).float().mean().item()
                     for f in ("mean colour", "spectrum magnitude")}  # fmt: skip
         majority = 100 * (val_t == train_t.mode().values).float().mean().item()

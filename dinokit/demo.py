@@ -54,6 +54,7 @@ from .data.synthetic import SEG_CLASSES, SynthConfig, write_synthetic
 from .errors import UserError
 from .eval.chance import classification_chance, correspondence_chance, depth_chance, segmentation_chance
 from .eval.correspondence import run_correspondence
+from .eval.dense import find_pairs
 from .eval.depth import run_depth
 from .eval.features import extract_global_features
 from .eval.knn import knn_features
@@ -166,14 +167,12 @@ def evaluate(model, data: Path, config: DemoConfig, seed: int = 0) -> Scores:
 
 def chance_levels(data: Path, config: DemoConfig) -> dict[str, float]:
     """Each table row's score without looking at the images (`eval/chance.py`), on the same validation data."""
-    from .eval.dense import find_pairs
-
     top1 = classification_chance(data / "classify/train", data / "classify/val")
     seg = [find_pairs(data / f"seg/images/{s}", None, ("images", "annotations")) for s in ("training", "validation")]
     depth = [find_pairs(data / f"depth/{s}/rgb", None, ("rgb", "depth")) for s in ("train", "test")]
     levels = {"knn_top1_k20": top1, "knn_top1_k200": top1, "linear_top1": top1}
     levels["seg_miou"] = segmentation_chance(*seg, num_classes=len(SEG_CLASSES))
-    levels.update({f"depth_{k}": v for k, v in depth_chance(*depth, min_depth=1e-3, max_depth=10.0).items()})
+    levels.update({f"depth_{k}": v for k, v in depth_chance(*depth).items()})  # run_depth's default range
     corr = correspondence_chance(data / "pairs/pairs.json", config.thresholds)
     levels.update({f"corr_{k}": v for k, v in corr.items()})
     return levels

@@ -25,7 +25,7 @@ from PIL import Image
 from ..data.datasets import ImageList
 from ..errors import UserError
 from .correspondence import load_pairs_json
-from .depth import depth_task
+from .depth import MAX_DEPTH, MIN_DEPTH, depth_task
 from .metrics import confusion_matrix, depth_errors, mean_iou, mean_of
 from .segmentation import IGNORE, load_labels
 
@@ -54,7 +54,9 @@ def segmentation_chance(train_pairs, val_pairs, num_classes: int, reduce_zero_la
     return mean_iou(conf)
 
 
-def depth_chance(train_pairs, val_pairs, min_depth: float, max_depth: float, depth_scale: float = 1000.0):
+def depth_chance(
+    train_pairs, val_pairs, min_depth: float = MIN_DEPTH, max_depth: float = MAX_DEPTH, depth_scale: float = 1000.0
+):
     """RMSE, AbsRel and δ1 on the validation depths of predicting the median training depth everywhere."""
     task = depth_task(min_depth, max_depth, depth_scale=depth_scale)
 

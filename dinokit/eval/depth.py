@@ -26,6 +26,7 @@ from .dense import DenseTask, dense_probe, find_pairs, read_array
 from .metrics import depth_errors, mean_of
 from .significance import Scores, mean_over_items
 
+MIN_DEPTH, MAX_DEPTH = 1e-3, 10.0  # metres: the NYU range of the depth literature
 EIGEN_CROP = (45, 471, 41, 601)  # top, bottom, left, right of the standard NYU evaluation crop (480×640)
 
 
@@ -86,8 +87,8 @@ def run_depth(
     val,
     train_depth=None,
     val_depth=None,
-    min_depth: float = 1e-3,
-    max_depth: float = 10.0,
+    min_depth: float = MIN_DEPTH,
+    max_depth: float = MAX_DEPTH,
     depth_scale: float = 1000.0,
     eigen_crop: bool = False,
     size: int = 480,
