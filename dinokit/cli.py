@@ -658,12 +658,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(message: str) -> None:
+    """Print to stderr on a line of its own: a progress bar the error interrupted is moved out of the way
+    (printed plainly, the message would continue the bar's line and the bar's clean-up would follow it)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit with status 2 by argparse's convention
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"dinokit {args.command}: error: {e}", file=sys.stderr)
+        _say(f"dinokit {args.command}: error: {e}")
         return 2
     except OSError as e:
         # a path the user named cannot be read or written (missing folder, a file where a folder should be,
@@ -671,10 +679,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.strerror is None:
             raise
         where = f": {e.filename}" if e.filename else ""
-        print(f"dinokit {args.command}: error: {e.strerror}{where}", file=sys.stderr)
+        _say(f"dinokit {args.command}: error: {e.strerror}{where}")
         return 2
     except KeyboardInterrupt:
-        print(f"dinokit {args.command}: interrupted", file=sys.stderr)
+        _say(f"dinokit {args.command}: interrupted")
         return 130
 
 

@@ -37,8 +37,7 @@ def load_pairs_json(path: str | Path) -> list[dict]:
         pairs = json.loads(path.read_text())["pairs"]
         out = []
         for p in pairs:
-            a = torch.tensor(p["keypoints_a"], dtype=torch.float64).reshape(-1, 2)
-            b = torch.tensor(p["keypoints_b"], dtype=torch.float64).reshape(-1, 2)
+            a, b = _keypoints(p["keypoints_a"]), _keypoints(p["keypoints_b"])
             if a.shape != b.shape:
                 raise ValueError("keypoints_a and keypoints_b differ in length")
             out.append({"a": path.parent / p["image_a"], "b": path.parent / p["image_b"], "kp_a": a, "kp_b": b})
@@ -47,6 +46,16 @@ def load_pairs_json(path: str | Path) -> list[dict]:
     if not out:
         raise UserError(f"{path}: no pairs")
     return out
+
+
+def _keypoints(value) -> torch.Tensor:
+    """A JSON list of [x, y] as `[N, 2]` float64; anything else (e.g. [x, y, score]) is a ValueError."""
+    points = torch.tensor(value, dtype=torch.float64)
+    if points.numel() and (points.ndim != 2 or points.shape[1] != 2):
+        raise ValueError(f"keypoints are lists of [x, y]; found an array of shape {list(points.shape)}")
+    if not points.isfinite().all():
+        raise ValueError("a keypoint is NaN or infinite")
+    return points.reshape(-1, 2)
 
 
 def prepare(model, path: Path, size: int, keypoints: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:

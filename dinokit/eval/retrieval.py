@@ -29,11 +29,13 @@ def load_retrieval_json(path: str | Path) -> tuple[list[Path], list[dict]]:
     path = Path(path)
     try:
         spec = json.loads(path.read_text())
-        gallery = [path.parent / g for g in spec["gallery"]]
+        gallery = [path.parent / _of_type(g, str, "gallery entries are paths") for g in spec["gallery"]]
         index = {g: i for i, g in enumerate(spec["gallery"])}
         queries = []
         for q in spec["queries"]:
-            ref = lambda items: sorted({_gallery_index(index, i, path) for i in items})  # noqa: E731
+            ref = lambda items: sorted(  # noqa: E731
+                {_gallery_index(index, i, path) for i in _of_type(items, list, "positives and junk are lists")}
+            )
             queries.append(
                 {
                     "image": path.parent / q["image"],
@@ -46,7 +48,9 @@ def load_retrieval_json(path: str | Path) -> tuple[list[Path], list[dict]]:
         raise UserError(
             f"{path}: not a retrieval file as described in docs/formats.md ({type(e).__name__}: {e})"
         ) from None
-    if not queries or any(not q["positives"] for q in queries):
+    if not gallery or not queries:
+        raise UserError(f"{path}: no {'gallery images' if not gallery else 'queries'}")
+    if any(not q["positives"] for q in queries):
         raise UserError(f"{path}: every query needs at least one positive")
     for q in queries:
         wrong = [i for i in q["positives"] + q["junk"] if not 0 <= i < len(gallery)]
@@ -66,7 +70,16 @@ def _gallery_index(index: dict[str, int], ref: str | int, path: Path) -> int:
         if ref not in index:
             raise UserError(f"{path}: {ref!r} is named as a positive or junk image but is not in the gallery")
         return index[ref]
-    return int(ref)
+    if isinstance(ref, bool) or not isinstance(ref, int):  # 1.5 or true would otherwise become an index
+        raise TypeError(f"{ref!r} is neither a gallery path nor a gallery index")
+    return ref
+
+
+def _of_type(value, kind: type, what: str):
+    """`value`, if it has the type the file format puts there."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{what}; found {value!r}")
+    return value
 
 
 @torch.inference_mode()

@@ -1,6 +1,7 @@
 """`dinokit eval …` and `dinokit data synth` from the command line: flat JSON outputs, clear errors."""
 
 import json
+import re
 
 import pytest
 
@@ -102,6 +103,19 @@ def test_malformed_user_files_are_one_message_and_status_2(synth_cli, tmp_path, 
     assert code == 2 and "keypoints lie outside" in err and "(-3, 5)" in err
     code, err = run("correspondence", "--pairs", synth_cli / "pairs/pairs.json", "--thresholds", 0)
     assert code == 2 and "must be positive" in err
+    spec = json.loads((synth_cli / "pairs/pairs.json").read_text())
+    for name, points, message in [("scored", [[1, 2, 0.9]], "lists of [x, y]"), ("nan", [[1, float("nan")]], "NaN")]:
+        spec["pairs"][0]["keypoints_a"] = spec["pairs"][0]["keypoints_b"] = points
+        (synth_cli / f"pairs/{name}.json").write_text(json.dumps(spec))
+        code, err = run("correspondence", "--pairs", synth_cli / f"pairs/{name}.json")
+        assert code == 2 and message in err, name
+    spec = json.loads((synth_cli / "pairs/pairs.json").read_text())
+    spec["pairs"][-1]["image_b"] = "images/missing.png"  # found only after a progress bar has started
+    (synth_cli / "pairs/missing.json").write_text(json.dumps(spec))
+    code, err = run("correspondence", "--pairs", synth_cli / "pairs/missing.json")
+    assert code == 2 and "missing.png" in err
+    lines = re.split(r"[\r\n]", err)  # the message on a line of its own, not at the end of the bar's
+    assert any(line.startswith("dinokit eval: error: ") for line in lines), err
 
     spec = json.loads((synth_cli / "retrieval/retrieval.json").read_text())
     spec["queries"][0]["positives"] = [len(spec["gallery"])]
@@ -113,6 +127,19 @@ def test_malformed_user_files_are_one_message_and_status_2(synth_cli, tmp_path, 
     (synth_cli / "retrieval/bbox.json").write_text(json.dumps(spec))
     code, err = run("retrieval", "--data", synth_cli / "retrieval/bbox.json")
     assert code == 2 and "x0 < x1" in err
+    for name, change, message in [
+        ("fraction", {"positives": [1.5]}, "neither a gallery path nor a gallery index"),  # was read as index 1
+        ("string", {"positives": "abc"}, "positives and junk are lists"),  # was read as 'a', 'b', 'c'
+    ]:
+        spec = json.loads((synth_cli / "retrieval/retrieval.json").read_text())
+        spec["queries"][0].update(change)
+        (synth_cli / f"retrieval/{name}.json").write_text(json.dumps(spec))
+        code, err = run("retrieval", "--data", synth_cli / f"retrieval/{name}.json")
+        assert code == 2 and message in err, name
+    spec["queries"] = []
+    (synth_cli / "retrieval/no_queries.json").write_text(json.dumps(spec))
+    code, err = run("retrieval", "--data", synth_cli / "retrieval/no_queries.json")
+    assert code == 2 and "no queries" in err
 
     (tmp_path / "file").write_text("")
     code, err = run("retrieval", "--data", synth_cli / "retrieval/retrieval.json", "--output", tmp_path / "file/m.json")
