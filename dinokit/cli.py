@@ -325,7 +325,7 @@ def _train(args) -> int:
     from .train import distributed
     from .train.loop import train
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("dinokit").setLevel(logging.INFO)  # the run's messages; main() prints them above the bar
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     if not torch.cuda.is_available():
         from .train.build import keep_freed_memory
@@ -668,8 +668,11 @@ def _say(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit with status 2 by argparse's convention
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return int(args.func(args) or 0)
+        with logging_redirect_tqdm():  # a warning is printed above a progress bar, not at the end of its line
+            return int(args.func(args) or 0)
     except UserError as e:
         _say(f"dinokit {args.command}: error: {e}")
         return 2

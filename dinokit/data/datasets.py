@@ -1,10 +1,12 @@
 """Image datasets that need no metadata files: a folder (recursive; sub-folder names become class labels
 when every image sits in one), or a file list (`.txt` / `.csv`: `path[,label]` per line, paths relative to
-the list's folder).
+the list's folder; also `path label` with whitespace, the layout of ImageNet's `val.txt`; `#` comments and a
+header line such as `path,label` are skipped).
 
 Unreadable files (corrupt, truncated beyond repair, zero bytes, not images) never stop the work: `ImageDataset`
-returns `None` for them, `collate_skip_none` drops them from the batch, and each is logged once (per process)
-and counted in `ImageDataset.skipped`.
+returns `None` for them, `collate_skip_none` drops them from the batch, and each is counted in
+`ImageDataset.skipped`; the first `LISTED_UNREADABLE` of them (per process) are logged by name, so that a list
+of wrong paths does not print a line per image.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +23,10 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from ..errors import UserError
-from .images import ImageDecodeError, decode_image, list_images
+from .images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, list_images
 
 log = logging.getLogger("dinokit.data")
+LISTED_UNREADABLE = 10  # unreadable files named in the log, per process; the rest are only counted
 
 
 @dataclass
@@ -52,7 +56,10 @@ class ImageList:
 
     @classmethod
     def _from_list_file(cls, path: Path) -> ImageList:
-        rows = [r for r in csv.reader(path.read_text().splitlines()) if r and r[0].strip() and not r[0].startswith("#")]
+        lines = (line.strip() for line in path.read_text().splitlines())
+        rows = [_list_row(line) for line in lines if line and not line.startswith("#")]
+        if rows and _is_header(rows[0], path.parent):
+            rows = rows[1:]
         if not rows:
             raise UserError(f"{path}: the file list is empty")
         paths = [(path.parent / r[0].strip()).resolve() for r in rows]
@@ -64,12 +71,28 @@ class ImageList:
         return cls(paths)
 
 
+def _list_row(line: str) -> list[str]:
+    """The fields of one list line: CSV when it has a comma (a quoted path may hold one); otherwise the label
+    is the last whitespace-separated word (`ILSVRC2012_val_00000001.JPEG 65`), unless the line is a single
+    image name (`my photo.jpg`)."""
+    if "," in line or line.lower().endswith(IMAGE_EXTENSIONS):
+        return next(csv.reader([line]))
+    return line.rsplit(None, 1)
+
+
+def _is_header(row: list[str], root: Path) -> bool:
+    """A first line such as `path,label` or `filename class`: column names (words, no `/` or `.`), and not
+    the name of a file."""
+    return all(re.fullmatch(r"[A-Za-z_][\w -]*", field.strip()) for field in row) and not (root / row[0]).is_file()
+
+
 class ImageDataset(Dataset):
     """Decoded, transformed images: item `i` → `(image, label or -1, i)`, or `None` when unreadable."""
 
     def __init__(self, images: ImageList, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.images, self.transform = images, transform
         self.skipped: list[str] = []
+        self._skipped: set[str] = set()  # the same, for a constant-time check
 
     def __len__(self) -> int:
         return len(self.images)
@@ -79,9 +102,13 @@ class ImageDataset(Dataset):
         try:
             img = decode_image(path)
         except ImageDecodeError as e:
-            if str(path) not in self.skipped:
+            if str(path) not in self._skipped:
+                self._skipped.add(str(path))
                 self.skipped.append(str(path))
-                log.warning("skipping unreadable image: %s", e)
+                if len(self.skipped) <= LISTED_UNREADABLE:
+                    log.warning("skipping unreadable image: %s", e)
+                if len(self.skipped) == LISTED_UNREADABLE:
+                    log.warning("further unreadable images are skipped without a message (counted at the end)")
             return None
         if self.transform is not None:
             img = self.transform(img)

@@ -13,7 +13,8 @@ DataLoader interleaves back into order) and a resumed run continues with exactly
 one would have seen: `start_batch` is the index of the next unseen batch.
 
 Robustness. An unreadable file is replaced, for this batch, by another readable image of the same batch
-(augmented with the failed position's seed), logged once per worker and reported in `Batch.skipped`.
+(augmented with the failed position's seed), logged once per worker (the first `LISTED_UNREADABLE` by name)
+and reported in `Batch.skipped`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
 from .collate import Batch, collate_crops, make_masks
-from .datasets import ImageList
+from .datasets import LISTED_UNREADABLE, ImageList
 from .images import ImageDecodeError, decode_image
 from .multicrop import MultiCrop
 from .shards import expand_shards, is_shard_source, iter_members, read_member
@@ -160,7 +161,10 @@ class SSLStream(IterableDataset):
                 failed.append(name)
                 if name not in self._logged:
                     self._logged.add(name)
-                    log.warning("skipping unreadable image: %s", e)
+                    if len(self._logged) <= LISTED_UNREADABLE:
+                        log.warning("skipping unreadable image: %s", e)
+                    if len(self._logged) == LISTED_UNREADABLE:
+                        log.warning("further unreadable images are skipped without a message (counted at the end)")
         if not images:
             raise UserError(f"no readable image in batch {b} of the stream (e.g. {failed[0]})")
         readable = list(images.values())

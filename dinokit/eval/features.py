@@ -12,6 +12,7 @@ Preprocessing follows the k-NN / linear protocols of the papers: resize the shor
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from tqdm.auto import tqdm
 from ..data.datasets import ImageDataset, ImageList, collate_skip_none
 from ..data.transforms import EvalTransform, model_mean_std, round_to_patch
 from ..errors import UserError
+
+log = logging.getLogger("dinokit.eval")
 
 
 @dataclass
@@ -105,13 +108,18 @@ def extract_global_features(
     if not cls_parts:
         raise UserError(f"{source}: none of the {len(images)} images could be read")
     kept = torch.cat(index_parts).tolist()
+    # counted here, not from `dataset.skipped`: with loader workers each worker holds its own copy of that list
+    skipped = sorted(set(range(len(images))) - set(kept))
+    if skipped:
+        log.warning("%s: %d of %d images unreadable and left out (e.g. %s)", source, len(skipped), len(images),
+                    images.paths[skipped[0]])  # fmt: skip
     return GlobalFeatures(
         cls=torch.cat(cls_parts),
         patch_mean=torch.cat(mean_parts),
         labels=torch.cat(label_parts).long(),
         paths=[str(images.paths[i]) for i in kept],
         classes=list(images.classes),
-        skipped=list(dataset.skipped),
+        skipped=[str(images.paths[i]) for i in skipped],
     )
 
 

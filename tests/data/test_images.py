@@ -97,3 +97,39 @@ def test_file_list_with_labels(tmp_path):
     (tmp_path / "list.csv").write_text("# path,label\n0.png,7\n1.png,3\n2.png,7\n")
     images = ImageList.from_source(tmp_path / "list.csv")
     assert images.classes == ["3", "7"] and images.labels == [1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "path,label\n0.png,7\n1.png,3\n",  # a CSV header
+        "0.png 7\n1.png\t3\n",  # whitespace, as ImageNet's val.txt (`ILSVRC2012_val_00000001.JPEG 65`)
+        "filename class\n0.png   7\n1.png 3\n",
+        '"0.png",7\n1.png,3\n',  # quoted CSV
+    ],
+)
+def test_file_list_layouts(tmp_path, text):
+    (tmp_path / "list.txt").write_text(text)
+    images = ImageList.from_source(tmp_path / "list.txt")
+    assert [p.name for p in images.paths] == ["0.png", "1.png"] and images.classes == ["3", "7"]
+    assert images.labels == [1, 0]
+
+
+def test_unlabelled_list_keeps_spaces_in_names_and_rows_that_look_like_a_header_but_name_a_file(tmp_path):
+    (tmp_path / "my photo.jpg").write_bytes(b"")
+    (tmp_path / "notes").write_bytes(b"")  # a file without extension, first in the list
+    (tmp_path / "list.txt").write_text("notes\nmy photo.jpg\nmissing.pngx\n")
+    images = ImageList.from_source(tmp_path / "list.txt")
+    assert [p.name for p in images.paths] == ["notes", "my photo.jpg", "missing.pngx"] and images.labels is None
+
+
+def test_unreadable_images_are_named_up_to_a_limit(tmp_path, caplog):
+    from dinokit.data.datasets import LISTED_UNREADABLE
+
+    (tmp_path / "list.txt").write_text("".join(f"missing{i}.png\n" for i in range(LISTED_UNREADABLE + 5)))
+    ds = ImageDataset(ImageList.from_source(tmp_path / "list.txt"))
+    with caplog.at_level("WARNING", logger="dinokit.data"):
+        assert all(ds[i] is None for i in range(len(ds)))
+    named = [r for r in caplog.records if "skipping unreadable image" in r.getMessage()]
+    assert len(named) == LISTED_UNREADABLE and "without a message" in caplog.records[-1].getMessage()
+    assert len(ds.skipped) == LISTED_UNREADABLE + 5

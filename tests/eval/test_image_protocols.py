@@ -111,3 +111,17 @@ def test_knn_on_the_synthetic_layout(synth, random_model):
     r = run_knn(random_model, synth / "classify" / "train", synth / "classify" / "val", size=64)
     assert all(0 <= v <= 100 for v in r.values())
     assert all(r.per_item[k].value() == pytest.approx(v, abs=1e-9) for k, v in r.items())  # per-image stats agree
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_images_are_left_out_and_reported(synth, random_model, tmp_path, workers, caplog):
+    """With loader workers too, whose copies of the dataset count their own skipped files."""
+    import shutil
+
+    folder = shutil.copytree(synth / "classify/val", tmp_path / "val")
+    broken = sorted(folder.rglob("*.png"))[3]
+    broken.write_bytes(b"not an image")
+    with caplog.at_level("WARNING", logger="dinokit"):
+        f = extract_global_features(random_model, folder, size=32, num_workers=workers, progress=False)
+    assert f.skipped == [str(broken)] and len(f.labels) == len(list(folder.rglob("*.png"))) - 1
+    assert any("1 of 20 images unreadable" in r.getMessage() for r in caplog.records)
