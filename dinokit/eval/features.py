@@ -123,13 +123,38 @@ def extract_global_features(
     )
 
 
+NEED_LABELS = ("the {role} images need class labels: give a folder with one sub-folder per class (ImageNet "
+               "style) or a .txt/.csv list of `path,label` lines")  # fmt: skip
+
+
 def require_labels(features: GlobalFeatures, role: str) -> None:
     """Image-level protocols need class labels: a folder of class sub-folders or a list with a label column."""
     if len(features) == 0 or bool((features.labels < 0).any()):
-        raise UserError(
-            f"the {role} images need class labels: give a folder with one sub-folder per class (ImageNet style) "
-            "or a .txt/.csv list of `path,label` lines"
-        )
+        raise UserError(NEED_LABELS.format(role=role))
+
+
+def labelled_sets(train, val) -> tuple[ImageList, ImageList]:
+    """The two labelled image sets of a classification protocol (folders, lists or `ImageList`s), checked
+    before any feature is extracted: both carry labels, and every validation class is a training class.
+
+    Numeric validation labels against named training classes are read as indices into the sorted class
+    names, the convention of ImageNet's `val.txt` (`ILSVRC2012_val_00000001.JPEG 65`) beside its synset
+    folders; a warning says so."""
+    train, val = (s if isinstance(s, ImageList) else ImageList.from_source(s) for s in (train, val))
+    for images, role in ((train, "training"), (val, "validation")):
+        if images.labels is None:
+            raise UserError(NEED_LABELS.format(role=role))
+    unknown = sorted(set(val.classes) - set(train.classes))
+    if not unknown:
+        return train, val
+    numbers = [int(c) for c in val.classes if c.isdigit()]
+    if len(numbers) == len(val.classes) and max(numbers) < len(train.classes) and not any(
+        c.isdigit() for c in train.classes
+    ):
+        log.warning("the validation labels are numbers and the training classes names: label i is read as the "
+                    "i-th training class in sorted order (%s = 0, %s = 1, …)", *train.classes[:2])  # fmt: skip
+        return train, ImageList(val.paths, [numbers[label] for label in val.labels], list(train.classes))
+    raise UserError(f"validation classes missing from the training set: {', '.join(unknown[:10])}")
 
 
 def align_classes(train: GlobalFeatures, val: GlobalFeatures) -> GlobalFeatures:

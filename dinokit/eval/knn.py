@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .features import GlobalFeatures, align_classes, extract_global_features, require_labels
+from .features import GlobalFeatures, align_classes, extract_global_features, labelled_sets, require_labels
 from .metrics import top1_accuracy
 from .significance import Scores, percent_of
 
@@ -105,6 +105,7 @@ def knn_features(train: GlobalFeatures, val: GlobalFeatures, **kwargs) -> Scores
 def run_knn(model, train, val, size: int = 224, batch_size: int = 64, num_workers: int = 0, device=None, **kwargs):
     """The whole protocol from two labelled image folders (or lists): extract, then `knn_eval`."""
     common = dict(size=size, n_last_blocks=1, batch_size=batch_size, num_workers=num_workers, device=device)
+    train, val = labelled_sets(train, val)  # a mismatch is found before the features are extracted
     train_f = extract_global_features(model, train, desc="k-NN train features", **common)
     val_f = extract_global_features(model, val, desc="k-NN val features", **common)
     return knn_features(train_f, val_f, **kwargs)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .features import GlobalFeatures, align_classes, extract_global_features, require_labels
+from .features import GlobalFeatures, align_classes, extract_global_features, labelled_sets, require_labels
 from .metrics import top1_accuracy
 from .significance import Scores, percent_of
 
@@ -125,6 +125,7 @@ def linear_probe(
 def run_linear(model, train, val, size: int = 224, batch_size: int = 64, num_workers: int = 0, device=None, **kw):
     """The whole protocol from two labelled image folders (or lists): cache features once, then `linear_probe`."""
     common = dict(size=size, n_last_blocks=4, batch_size=batch_size, num_workers=num_workers, device=device)
+    train, val = labelled_sets(train, val)  # a mismatch is found before the features are extracted
     train_f = extract_global_features(model, train, desc="linear train features", **common)
     val_f = extract_global_features(model, val, desc="linear val features", **common)
     return linear_probe(train_f, val_f, **kw)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .features import GlobalFeatures, align_classes, extract_global_features, require_labels
+from .features import GlobalFeatures, align_classes, extract_global_features, labelled_sets, require_labels
 from .linear import holdout_split
 from .metrics import top1_accuracy
 
@@ -101,6 +101,7 @@ def logreg_eval(
 def run_logreg(model, train, val, size: int = 224, batch_size: int = 64, num_workers: int = 0, device=None, **kw):
     """The whole protocol from two labelled image folders (or lists)."""
     common = dict(size=size, n_last_blocks=1, batch_size=batch_size, num_workers=num_workers, device=device)
+    train, val = labelled_sets(train, val)  # a mismatch is found before the features are extracted
     train_f = extract_global_features(model, train, desc="logreg train features", **common)
     val_f = extract_global_features(model, val, desc="logreg val features", **common)
     return logreg_eval(train_f, val_f, **kw)

@@ -12,20 +12,18 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import KnnEvalConfig
-from ..data.datasets import ImageList
 from ..errors import UserError
-from .features import extract_global_features
+from .features import extract_global_features, labelled_sets
 from .knn import knn_features
 
 
 def knn_callback(cfg: KnnEvalConfig, device: torch.device):
     """`f(backbone, step) -> {"knn/top1_k10": …}` over `cfg.train` / `cfg.val`. The image lists are read
     now, so a missing or unlabelled folder is reported before training starts."""
-    train_images, val_images = ImageList.from_source(cfg.train), ImageList.from_source(cfg.val)
-    for role, images in (("train", train_images), ("val", val_images)):
-        if not images.classes:
-            raise UserError(f"eval.knn.{role}={getattr(cfg, role)}: k-NN needs labelled images (one sub-folder "
-                            "per class, or a `path,label` list)")  # fmt: skip
+    try:
+        train_images, val_images = labelled_sets(cfg.train, cfg.val)
+    except UserError as e:
+        raise UserError(f"eval.knn.train={cfg.train}, eval.knn.val={cfg.val}: {e}") from None
 
     def evaluate(backbone: nn.Module, step: int) -> dict[str, float]:
         if dist.is_initialized() and dist.get_rank() != 0:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dinokit.errors import UserError
 from dinokit.eval.features import GlobalFeatures, extract_global_features
 from dinokit.eval.knn import run_knn
 from dinokit.eval.linear import LEARNING_RATES, holdout_split, linear_probe, run_linear
@@ -125,3 +126,30 @@ def test_unreadable_images_are_left_out_and_reported(synth, random_model, tmp_pa
         f = extract_global_features(random_model, folder, size=32, num_workers=workers, progress=False)
     assert f.skipped == [str(broken)] and len(f.labels) == len(list(folder.rglob("*.png"))) - 1
     assert any("1 of 20 images unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_numeric_validation_labels_index_the_sorted_training_classes(tmp_path, caplog):
+    """ImageNet as distributed: synset folders for training, a flat validation folder with `val.txt`."""
+    from dinokit.eval.features import labelled_sets
+
+    for synset in ("n01440764", "n01443537", "n01484850"):
+        (tmp_path / "train" / synset).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / synset / "a.png")
+    (tmp_path / "val.txt").write_text("v1.JPEG 2\nv2.JPEG 0\n")
+    with caplog.at_level("WARNING", logger="dinokit"):
+        train, val = labelled_sets(tmp_path / "train", tmp_path / "val.txt")
+    assert val.classes == train.classes and [train.classes[i] for i in val.labels] == ["n01484850", "n01440764"]
+    assert "n01440764 = 0" in caplog.text
+    (tmp_path / "val.txt").write_text("v1.JPEG 3\n")  # no fourth class: an error, not a guess
+    with pytest.raises(UserError, match="missing from the training set: 3"):
+        labelled_sets(tmp_path / "train", tmp_path / "val.txt")
+
+
+def test_class_mismatch_is_reported_before_features_are_extracted(synth, tmp_path):
+    import shutil
+
+    val = shutil.copytree(synth / "classify/val", tmp_path / "val")
+    (val / "stripes").rename(val / "zebra")
+    for run in (run_knn, run_linear, run_logreg):
+        with pytest.raises(UserError, match="missing from the training set: zebra"):
+            run(None, synth / "classify/train", val)  # no model: extracting would fail on it first
