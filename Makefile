@@ -7,6 +7,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# --no-compile: pip's byte-compiling of every installed module (some 3000 in torch) was 40 s of the demo's
+# ten minutes on two cores; Python compiles the modules it imports when it first imports them instead
+# (at every start when PYTHONDONTWRITEBYTECODE is set: about 3 s for torch).
+PIP    := $(BIN)/pip install --quiet --no-compile
 # The CPU wheel of torch; on a CUDA machine pre-install the wheel you want into .venv (see README)
 # and setup keeps it, since a torch that satisfies `torch>=2.4` is never replaced.
 TORCH  ?= torch==2.13.0
@@ -21,12 +25,12 @@ setup-test: $(TEST_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e .
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) "$(TORCH)"
+	$(PIP) -e .
 	@touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[test,examples]"
+	$(PIP) -e ".[test,examples]"
 	@touch $(TEST_STAMP)
 
 demo: setup
