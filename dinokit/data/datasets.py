@@ -36,6 +36,7 @@ class ImageList:
     paths: list[Path]
     labels: list[int] | None = None
     classes: list[str] = field(default_factory=list)
+    source: str = "the listed images"  # the folder or list file they came from, for messages
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -51,8 +52,8 @@ class ImageList:
         if src.is_dir() and all(len(p.relative_to(src).parts) >= 2 for p in paths):
             classes = sorted({p.relative_to(src).parts[0] for p in paths})
             index = {c: i for i, c in enumerate(classes)}
-            return cls(paths, [index[p.relative_to(src).parts[0]] for p in paths], classes)
-        return cls(paths)
+            return cls(paths, [index[p.relative_to(src).parts[0]] for p in paths], classes, str(source))
+        return cls(paths, source=str(source))
 
     @classmethod
     def _from_list_file(cls, path: Path) -> ImageList:
@@ -67,8 +68,8 @@ class ImageList:
             names = [r[1].strip() for r in rows]
             classes = sorted(set(names), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
             index = {c: i for i, c in enumerate(classes)}
-            return cls(paths, [index[n] for n in names], classes)
-        return cls(paths)
+            return cls(paths, [index[n] for n in names], classes, str(path))
+        return cls(paths, source=str(path))
 
 
 def _list_row(line: str) -> list[str]:

@@ -105,13 +105,14 @@ def extract_global_features(
         mean_parts.append(layers[-1][0].mean(dim=1).float().cpu().clone())  # [B, D]
         label_parts.append(labels)
         index_parts.append(index)
+    name = images.source  # not `source`, which may be an ImageList, whose repr names every path
     if not cls_parts:
-        raise UserError(f"{source}: none of the {len(images)} images could be read")
+        raise UserError(f"{name}: none of the {len(images)} images could be read")
     kept = torch.cat(index_parts).tolist()
     # counted here, not from `dataset.skipped`: with loader workers each worker holds its own copy of that list
     skipped = sorted(set(range(len(images))) - set(kept))
     if skipped:
-        log.warning("%s: %d of %d images unreadable and left out (e.g. %s)", source, len(skipped), len(images),
+        log.warning("%s: %d of %d images unreadable and left out (e.g. %s)", name, len(skipped), len(images),
                     images.paths[skipped[0]])  # fmt: skip
     return GlobalFeatures(
         cls=torch.cat(cls_parts),
@@ -153,7 +154,7 @@ def labelled_sets(train, val) -> tuple[ImageList, ImageList]:
     ):
         log.warning("the validation labels are numbers and the training classes names: label i is read as the "
                     "i-th training class in sorted order (%s = 0, %s = 1, …)", *train.classes[:2])  # fmt: skip
-        return train, ImageList(val.paths, [numbers[label] for label in val.labels], list(train.classes))
+        return train, ImageList(val.paths, [numbers[label] for label in val.labels], list(train.classes), val.source)
     raise UserError(f"validation classes missing from the training set: {', '.join(unknown[:10])}")
 
 
