@@ -18,8 +18,8 @@
 Settings and how they were chosen:
 - Backbone: ViT-Ti width (192, 3 heads) with 4 blocks, patch 16, RoPE and 4 registers (`dinov3_vitt16`,
   depth 4), LayerScale starting at 0.1. Images 96 px (6×6 patches), global crops 96 and 4 local crops of 48 px,
-  batch 32, 300 steps: what fits the ten-minute budget on the slowest two-core machine it was timed on (1.2 s
-  per step there; about eight minutes for the demo, nine from a fresh clone with the set-up). On the
+  batch 32, 300 steps: what fits the ten-minute budget on the slowest two-core machine it was timed on (1.1–1.3
+  s per step there; 450–520 s for the demo, 40 s more from a fresh clone with the set-up). On the
   object-centric classification images k-NN peaks early (58 % at step 100, 54 % at 300 in one run; a
   1500-step run peaked at step 100 too and ended at 42 %), so more steps would buy nothing here.
 - The short-run recipe of configs/pretrain/tiny_cpu.yaml (256 prototypes, Sinkhorn-Knopp, teacher temperature
