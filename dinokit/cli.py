@@ -260,8 +260,8 @@ def _add_data(sub) -> None:
 def _data_synth(args) -> int:
     from .data.synthetic import SynthConfig, write_synthetic
 
-    if args.size < 32 or args.scale <= 0:
-        raise UserError("--size must be at least 32 pixels and --scale positive")
+    if not 32 <= args.size <= 2048 or args.scale <= 0:  # beyond 2048 px a scene's buffers outgrow a laptop
+        raise UserError("--size must be 32–2048 pixels and --scale positive")
     config = SynthConfig(size=args.size).scaled(args.scale)
     try:
         out = write_synthetic(args.output, args.seed, config, workers=args.workers)

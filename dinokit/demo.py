@@ -323,6 +323,8 @@ def training_figures(run: Path, out: Path) -> dict[str, Path]:
 # -------------------------------------------------------------------------------------------------- main
 def run_demo(out: Path = Path("demo_out"), seed: int = 0, config: DemoConfig = DemoConfig()) -> dict:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file; the demo writes a folder (data, run, report)")
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     timings: dict[str, float] = {}

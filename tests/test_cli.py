@@ -44,6 +44,8 @@ def test_user_mistakes_exit_2_without_traceback(tmp_path):
                  ["extract", image, *model, "--output", str(tmp_path / "f"), "--device", "banana"],
                  ["eval", "knn", *model, "--train", str(tmp_path), "--val", str(tmp_path), "--device", "cuda:99"],
                  ["data", "synth", str(tmp_path / "a_file" / "s")],  # inside a file
+                 ["data", "synth", str(tmp_path / "s"), "--size", "100000"],  # was a numpy MemoryError
+                 ["demo", "--output", str(tmp_path / "a_file")],
                  # an output where a file already is: the system's message and the path, no traceback
                  ["extract", image, *model, "--output", str(tmp_path / "a_file"), "--size", "32"],
                  ["viz", "pca", image, *model, "--output", str(tmp_path / "a_file" / "v.png"), "--size", "32"]):
