@@ -251,7 +251,7 @@ def _add_data(sub) -> None:
     q = verbs.add_parser("synth", help="write the synthetic benchmark in every evaluation layout")
     q.add_argument("output", help="output folder (created; must not exist or be empty)")
     q.add_argument("--seed", type=non_negative_int, default=0)
-    q.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    q.add_argument("--size", type=int, default=128, help="image side in pixels, 32–2048 (default 128)")
     q.add_argument("--scale", type=float, default=1.0, help="multiply every image count (default 1: ~3,300 items)")
     q.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count, at most 8)")
     q.set_defaults(func=_data_synth)
