@@ -152,8 +152,9 @@ def labelled_sets(train, val) -> tuple[ImageList, ImageList]:
     if len(numbers) == len(val.classes) and max(numbers) < len(train.classes) and not any(
         c.isdigit() for c in train.classes
     ):
+        first = ", ".join(f"{c} = {i}" for i, c in enumerate(train.classes[:2]))
         log.warning("the validation labels are numbers and the training classes names: label i is read as the "
-                    "i-th training class in sorted order (%s = 0, %s = 1, …)", *train.classes[:2])  # fmt: skip
+                    "i-th training class in sorted order (%s, …)", first)  # fmt: skip
         return train, ImageList(val.paths, [numbers[label] for label in val.labels], list(train.classes), val.source)
     raise UserError(f"validation classes missing from the training set: {', '.join(unknown[:10])}")
 
