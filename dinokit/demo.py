@@ -39,6 +39,7 @@ Settings and how they were chosen:
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -361,8 +362,11 @@ def run_demo(out: Path = Path("demo_out"), seed: int = 0, config: DemoConfig = D
     write_report(out, rows, figures, timings, config, seed)
     summary = {"results": results, "comparison": comparison, "timings": timings, "seed": seed}
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
-    table = print_table(rows)
-    print(f"\n{table}\n\nreport: {out / 'report.html'} (and report.md) · {timings['total_s']:.0f} s in all")
+    printed = ["", print_table(rows)]
+    if shortfall_text(rows):  # what the report says below the table
+        printed += ["", textwrap.fill(shortfall_text(rows), 110)]
+    printed += ["", f"report: {out / 'report.html'} (and report.md) · {timings['total_s']:.0f} s in all"]
+    print("\n".join(printed))
     return {"results": results, "comparison": comparison, "timings": timings}
 
 

@@ -71,7 +71,7 @@ def test_demo_stages_on_a_tiny_benchmark(synth, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_with_a_two_step_training_run(tmp_path):
+def test_demo_end_to_end_with_a_two_step_training_run(tmp_path, capsys):
     pytest.importorskip("dinokit.train.loop", reason="the trainer (dinokit train) is not in this checkout")
     from dinokit.data.synthetic import SynthConfig
     from dinokit.demo import run_demo
@@ -94,3 +94,5 @@ def test_demo_end_to_end_with_a_two_step_training_run(tmp_path):
     for name in ("report.html", "results.json", "loss_curves.png", "knn_curve.png", "pca.png", "similarity.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "run" / "teacher_backbone").is_dir()
+    printed = capsys.readouterr().out  # the table and what the report says of rows that did not improve
+    assert "recall@8px" in printed and ("Not better beyond noise" in md) == ("Not better beyond noise" in printed)
