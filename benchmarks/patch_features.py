@@ -9,7 +9,8 @@ and mIoU over the 12 classes (10 materials, ground, wall). The features compared
   initialised backbone (`DemoConfig.random_backbone`) and of trained ones (`RUN/teacher_backbone`);
 - the CLS token of the same backbones for a 48 px window centred on the patch (the demo's local-crop size;
   the scene reflected at its borders): whether the texture features a network learned reach the patch in
-  another form;
+  another form; and for a 24 px window enlarged to 48 px, which shows the dense scenes' patterns (cards 1.2–3.5 m
+  away) at about the scale of the object images (cards about 1 m away) the backbone learned its materials on;
 - hand-made local features of the same patch: its mean colour, the magnitude of its grey-level spectrum (a
   phase-invariant texture descriptor) and its row; and its raw pixels.
 If hand-made texture features separate the materials and the backbones' tokens do no better than raw pixels,
@@ -94,14 +95,15 @@ def patch_tokens(model, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
 
 
 @torch.no_grad()
-def window_cls(model, images: torch.Tensor, window: int = 48, batch: int = 500) -> torch.Tensor:
-    """The CLS token of a `window`-pixel crop centred on each patch: `[N·h·w, D]`."""
+def window_cls(model, images: torch.Tensor, window: int = 48, size: int = 48, batch: int = 500) -> torch.Tensor:
+    """The CLS token of a `window`-pixel crop centred on each patch, resized to `size` pixels: `[N·h·w, D]`."""
     mean, std = model_mean_std(model)
     pad = (window - PATCH) // 2
     padded = F.pad(normalize(images, mean, std), (pad, pad, pad, pad), mode="reflect")  # [N, 3, H+2p, W+2p]
     crops = padded.unfold(2, window, PATCH).unfold(3, window, PATCH)  # [N, 3, h, w, win, win]
     crops = crops.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, window, window)  # [N·h·w, 3, win, win]
-    return torch.cat([model.forward_features(x).cls for x in crops.split(batch)])
+    resized = (F.interpolate(x, size=(size, size), mode="bicubic") if window != size else x for x in crops.split(batch))
+    return torch.cat([model.forward_features(x).cls for x in resized])
 
 
 def fit_predict(train_x, train_y, val_x, classes: int, epochs: int = 300) -> torch.Tensor:
@@ -162,6 +164,9 @@ def main() -> None:
     for name, model in models.items():
         features[name] = (patch_tokens(model, train_images), patch_tokens(model, val_images))
         features[f"{name}, CLS of a 48 px window"] = (window_cls(model, train_images), window_cls(model, val_images))
+        features[f"{name}, CLS of a 24 px window enlarged to 48 px"] = (
+            window_cls(model, train_images, window=24), window_cls(model, val_images, window=24)
+        )
     print(f"| features | patch accuracy % | patch mIoU % | IoU per class ({', '.join(SEG_CLASSES)}) |")
     print("|---|---|---|---|")
     for name, (train_x, val_x) in features.items():
