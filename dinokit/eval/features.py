@@ -136,36 +136,40 @@ def require_labels(features: GlobalFeatures, role: str) -> None:
 
 def labelled_sets(train, val) -> tuple[ImageList, ImageList]:
     """The two labelled image sets of a classification protocol (folders, lists or `ImageList`s), checked
-    before any feature is extracted: both carry labels, and every validation class is a training class.
-
-    Numeric validation labels against named training classes are read as indices into the sorted class
-    names, the convention of ImageNet's `val.txt` (`ILSVRC2012_val_00000001.JPEG 65`) beside its synset
-    folders; a warning says so."""
+    before any feature is extracted: both carry labels, and `val`'s labels index `train`'s classes
+    (`class_index`)."""
     train, val = (s if isinstance(s, ImageList) else ImageList.from_source(s) for s in (train, val))
     for images, role in ((train, "training"), (val, "validation")):
         if images.labels is None:
             raise UserError(NEED_LABELS.format(role=role))
-    unknown = sorted(set(val.classes) - set(train.classes))
-    if not unknown:
-        return train, val
-    numbers = [int(c) for c in val.classes if c.isdigit()]
-    if len(numbers) == len(val.classes) and max(numbers) < len(train.classes) and not any(
-        c.isdigit() for c in train.classes
-    ):
-        first = ", ".join(f"{c} = {i}" for i, c in enumerate(train.classes[:2]))
-        log.warning("the validation labels are numbers and the training classes names: label i is read as the "
-                    "i-th training class in sorted order (%s, …)", first)  # fmt: skip
-        return train, ImageList(val.paths, [numbers[label] for label in val.labels], list(train.classes), val.source)
-    raise UserError(f"validation classes missing from the training set: {', '.join(unknown[:10])}")
+    if train.classes != val.classes:
+        mapping = class_index(train.classes, val.classes)
+        val = ImageList(val.paths, [mapping[label] for label in val.labels], list(train.classes), val.source)
+    return train, val
 
 
 def align_classes(train: GlobalFeatures, val: GlobalFeatures) -> GlobalFeatures:
     """Re-index `val` labels to `train`'s class names (the two folders may hold different class subsets)."""
     if train.classes == val.classes or not train.classes or not val.classes:
         return val
-    index = {c: i for i, c in enumerate(train.classes)}
-    unknown = sorted(set(val.classes) - set(index))
-    if unknown:
-        raise UserError(f"validation classes missing from the training set: {', '.join(unknown[:10])}")
-    mapping = torch.tensor([index[c] for c in val.classes])
+    mapping = torch.tensor(class_index(train.classes, val.classes))
     return GlobalFeatures(val.cls, val.patch_mean, mapping[val.labels], val.paths, train.classes, val.skipped)
+
+
+def class_index(train_classes: list[str], val_classes: list[str]) -> list[int]:
+    """Each validation class's index among the training classes; every one must be a training class.
+
+    Numeric validation labels against named training classes are read as indices into the sorted class
+    names, the convention of ImageNet's `val.txt` (`ILSVRC2012_val_00000001.JPEG 65`) beside its synset
+    folders; a warning says so."""
+    index = {c: i for i, c in enumerate(train_classes)}
+    unknown = sorted(set(val_classes) - set(index))
+    if not unknown:
+        return [index[c] for c in val_classes]
+    numeric = all(c.isdigit() for c in val_classes) and not any(c.isdigit() for c in train_classes)
+    if numeric and max(int(c) for c in val_classes) < len(train_classes):
+        first = ", ".join(f"{c} = {i}" for i, c in enumerate(train_classes[:2]))
+        log.warning("the validation labels are numbers and the training classes names: label i is read as the "
+                    "i-th training class in sorted order (%s, …)", first)  # fmt: skip
+        return [int(c) for c in val_classes]
+    raise UserError(f"validation classes missing from the training set: {', '.join(unknown[:10])}")
