@@ -305,14 +305,16 @@ def _demo(args) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="self-supervised pretraining (DINOv2 recipe): dinokit train CONFIG.yaml [key=value ...] [--resume]",
-        description="Train a backbone with DINO + iBOT + KoLeo and an EMA teacher. Settings come from the YAML "
-        "file, overridden by key=value pairs (e.g. data.path=photos/ train.steps=1000). A run folder with "
-        "checkpoints resumes automatically; use torchrun for several devices.",
+        help="self-supervised pretraining and the DINOv3 stages: dinokit train RECIPE [key=value ...] [--resume]",
+        description="Train a backbone with DINO + iBOT + KoLeo (+ Gram anchoring) and an EMA teacher. Settings come "
+        "from a YAML file or a shipped recipe by name (tiny_cpu, dinov3_vits16, stages/gram, …), overridden by "
+        "key=value pairs (e.g. data.path=photos/ train.steps=1000); init.run=RUN_DIR starts a stage from an "
+        "earlier run. A run folder with checkpoints resumes automatically; use torchrun for several devices.",
     )
-    p.add_argument("config", help="a YAML preset, e.g. configs/pretrain/tiny_cpu.yaml")
+    p.add_argument("config", help="a YAML file or a shipped recipe's name, e.g. tiny_cpu or configs/stages/gram.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (values parsed as YAML)")
     p.add_argument("--resume", action="store_true", help="require resuming from a checkpoint in output_dir")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.set_defaults(func=_train)
 
 
@@ -321,12 +323,17 @@ def _train(args) -> int:
 
     import torch
 
-    from .config import PretrainConfig, load_config
+    from .config import load_train_config, to_dict
     from .train import distributed
     from .train.loop import train
 
     logging.getLogger("dinokit").setLevel(logging.INFO)  # the run's messages; main() prints them above the bar
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    cfg = load_train_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None), end="")
+        return 0
     if not torch.cuda.is_available():
         from .train.build import keep_freed_memory
 
@@ -667,7 +674,12 @@ def _say(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors exit with status 2 by argparse's convention
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # usage errors exit with status 2 by argparse's convention
+    if extra and getattr(args, "command", None) == "train" and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # key=value pairs after an option (`dinokit train tiny_cpu --print-config a=1`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:

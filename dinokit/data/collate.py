@@ -4,6 +4,9 @@ Layout (as released): crops are crop-major — `global_crops [G·B, 3, S, S]` ho
 then global crop 1 of every image; likewise `local_crops [L·B, 3, s, s]`. `masks [G·B, h·w]` marks the
 student's masked patches; `mask_indices [M]` indexes the masked patches in `masks.flatten()` and
 `masks_weight [M]` is 1 / (number of masked patches of that patch's crop), the iBOT loss weights.
+`extra_crops` holds further crop sets by name, crop-major like the global crops, e.g. "gram": the global crops'
+regions without colour distortion at the Gram teacher's size. Crop sizes may change from batch to batch (the
+high-resolution stage); the masks are always over the grid of this batch's global crops.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Batch:
     n_global_crops: int = 2
     index: int = -1  # position of this batch in its rank's stream (for resuming)
     skipped: list[str] = field(default_factory=list)  # unreadable files replaced in this batch
+    extra_crops: dict[str, torch.Tensor] = field(default_factory=dict)  # name → [G·B, 3, S', S']
 
     @property
     def batch_size(self) -> int:
@@ -33,6 +37,7 @@ class Batch:
 
     def _map(self, fn) -> Batch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["extra_crops"] = {k: fn(v) for k, v in self.extra_crops.items()}
         return Batch(**{k: fn(v) if torch.is_tensor(v) else v for k, v in values.items()})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -82,7 +87,8 @@ def collate_views(
 
 
 def collate_crops(
-    global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor, n_global: int = 2, index=-1, skipped=()
+    global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor, n_global: int = 2, index=-1, skipped=(),
+    extra_crops: dict[str, torch.Tensor] | None = None,
 ) -> Batch:
     """A `Batch` from crop-major crops `[G·B, 3, S, S]`, `[L·B, 3, s, s]` and the masks `[G·B, N]`."""
     if masks.shape[1] == 0:
@@ -90,4 +96,5 @@ def collate_crops(
     mask_indices = masks.flatten().nonzero().flatten()  # [M]
     per_crop = 1.0 / masks.sum(-1).clamp(min=1.0)  # [G·B]
     masks_weight = per_crop.unsqueeze(-1).expand_as(masks)[masks]  # [M]
-    return Batch(global_crops, local_crops, masks, mask_indices, masks_weight, n_global, index, list(skipped))
+    return Batch(global_crops, local_crops, masks, mask_indices, masks_weight, n_global, index, list(skipped),
+                 dict(extra_crops or {}))  # fmt: skip

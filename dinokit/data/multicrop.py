@@ -3,7 +3,9 @@
 Each image gives 2 global crops (RandomResizedCrop scale (0.32, 1), bicubic) and `local_number` local crops
 (scale (0.05, 0.32)), each flipped with p 0.5, colour-jittered (0.4, 0.4, 0.2, 0.1) with p 0.8, turned grey
 with p 0.2, then blurred (kernel 9, sigma U(0.1, 2)) and, for global crop 2, solarised (p 0.2), and finally
-normalised. The teacher sees the same global crops as the student.
+normalised. The teacher sees the same global crops as the student. Extra crop sets (DINOv3's Gram teacher crops)
+cover the same regions as the global crops, flipped alike but without colour distortion, blur or solarisation,
+at their own size. Sizes can be given per batch (the high-resolution stage draws them batch by batch).
 
 Blur probabilities: the released code passes `1 − p` to torchvision's RandomApply, so the released models were
 trained with global-1 blur *never*, global-2 blur 0.9 and locals 0.5 ("released", the default); the
@@ -55,6 +57,7 @@ class MultiCrop:
         probabilities: str = "released",
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
+        hflip: float = 0.5,
     ) -> None:
         if probabilities not in BLUR_PROBABILITIES:
             raise ValueError(f"probabilities must be one of {sorted(BLUR_PROBABILITIES)}, got {probabilities!r}")
@@ -62,20 +65,20 @@ class MultiCrop:
         self.local_number, self.local_size, self.local_scale = local_number, local_size, tuple(local_scale)
         self.blur_p = BLUR_PROBABILITIES[probabilities]
         self.mean, self.std = tuple(mean), tuple(std)
+        self.hflip = hflip
 
     @classmethod
     def from_config(cls, crops, data) -> MultiCrop:
         """From the `crops` and `data` sections of the training config."""
         return cls(
             crops.global_size, crops.global_scale, crops.local_number, crops.local_size, crops.local_scale,
-            crops.probabilities, data.mean, data.std,
+            crops.probabilities, data.mean, data.std, crops.hflip,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ random
-    @staticmethod
-    def _plan_view(height: int, width: int, scale, blur_p: float, solarize_p: float, rng: random.Random) -> ViewPlan:
+    def _plan_view(self, height: int, width: int, scale, blur_p: float, solarize_p: float, rng) -> ViewPlan:
         box = A.random_resized_crop_box(height, width, scale, rng)
-        flip = rng.random() < 0.5
+        flip = rng.random() < self.hflip
         jitter = A.color_jitter_params(rng) if rng.random() < 0.8 else None
         gray = rng.random() < 0.2
         blur_sigma = rng.uniform(0.1, 2.0) if rng.random() < blur_p else None
@@ -111,19 +114,46 @@ class MultiCrop:
             x[solarize] = A.solarize(x[solarize])
         return A.normalize(x, self.mean, self.std)
 
+    def render_clean(self, images: Sequence[torch.Tensor], plans: Sequence[ViewPlan], size: int) -> torch.Tensor:
+        """The crop regions of `plans`, flipped like them but without colour distortion → `[N, 3, size, size]`."""
+        x = torch.stack([A.resized_crop(img, p.box, size) for img, p in zip(images, plans)])  # [N, 3, S, S]
+        flip = [i for i, p in enumerate(plans) if p.flip]
+        if flip:
+            x[flip] = x[flip].flip(-1)
+        return A.normalize(x, self.mean, self.std)
+
+    def crops(
+        self,
+        images: Sequence[torch.Tensor],
+        rngs: Sequence[random.Random],
+        global_size: int | None = None,
+        local_size: int | None = None,
+        extra_sizes: dict[str, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """uint8 images `[3, H, W]`, one generator each → crop-major `global [2·B, 3, G, G]`, `local [L·B, 3, l, l]`
+        (global crop 1 of every image, then global crop 2 of every image; likewise the local crops) and the
+        extra sets `{name: [2·B, 3, S, S]}` of the global crops' regions without colour distortion. Sizes default
+        to the configured ones."""
+        g_size, l_size = global_size or self.global_size, local_size or self.local_size
+        plans = [self.plan(img.shape[-2], img.shape[-1], rng) for img, rng in zip(images, rngs)]
+        slots = [
+            self.render_slot(images, [p[k] for p in plans], g_size if k < 2 else l_size)
+            for k in range(2 + self.local_number)
+        ]
+        empty = slots[0].new_zeros(0, 3, l_size, l_size)
+        local = torch.cat(slots[2:]) if self.local_number else empty
+        extra = {
+            name: torch.cat([self.render_clean(images, [p[k] for p in plans], size) for k in range(2)])
+            for name, size in (extra_sizes or {}).items()
+        }
+        return torch.cat(slots[:2]), local, extra
+
     def batch(
         self, images: Sequence[torch.Tensor], rngs: Sequence[random.Random]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images `[3, H, W]`, one generator each → crop-major `(global [2·B, 3, G, G], local [L·B, 3, l, l])`:
-        global crop 1 of every image, then global crop 2 of every image; likewise the local crops."""
-        plans = [self.plan(img.shape[-2], img.shape[-1], rng) for img, rng in zip(images, rngs)]
-        slots = [
-            self.render_slot(images, [p[k] for p in plans], self.global_size if k < 2 else self.local_size)
-            for k in range(2 + self.local_number)
-        ]
-        empty = slots[0].new_zeros(0, 3, self.local_size, self.local_size)
-        local = torch.cat(slots[2:]) if self.local_number else empty
-        return torch.cat(slots[:2]), local
+        """`crops` at the configured sizes, without extra sets: `(global [2·B, 3, G, G], local [L·B, 3, l, l])`."""
+        global_crops, local_crops, _ = self.crops(images, rngs)
+        return global_crops, local_crops
 
     def __call__(self, img: torch.Tensor, rng: random.Random) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One uint8 image `[3, H, W]` → (2 global crops `[3, G, G]`, `local_number` local crops `[3, L, L]`)."""

@@ -7,7 +7,9 @@ streamed sequentially: per pass the shards are shuffled and dealt to the ranks (
 ranks, their samples are), and read member by member.
 
 Determinism. Batch `b` of a rank is a pure function of (seed, rank, world size, b): every sample's crops come
-from a random generator seeded by its stream position and the masks of a batch from one seeded by `b`. So the
+from a random generator seeded by its stream position and the masks of a batch from one seeded by `b`. With
+several `resolutions` (the high-resolution stage), batch `b`'s crop sizes are drawn by their ratios from a
+generator seeded by (seed, b) alone, so the ranks of one step agree. So the
 result does not depend on the number of data workers (worker w of W produces batches b ≡ w mod W, which the
 DataLoader interleaves back into order) and a resumed run continues with exactly the batches an uninterrupted
 one would have seen: `start_batch` is the index of the next unseen batch.
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,7 @@ from ..errors import UserError
 from .collate import Batch, collate_crops, make_masks
 from .datasets import LISTED_UNREADABLE, ImageList
 from .images import ImageDecodeError, decode_image
+from .masking import BlockMaskGenerator
 from .multicrop import MultiCrop
 from .shards import expand_shards, is_shard_source, iter_members, read_member
 
@@ -110,25 +114,53 @@ def open_source(path: str, seed: int) -> ImageSource | ShardSource:
     return ImageSource(ImageList.from_source(path), seed)
 
 
+@dataclass(frozen=True)
+class CropSizes:
+    """The crop sizes of a batch, and the weight of this choice among several (`crops.resolutions`)."""
+
+    global_size: int
+    local_size: int
+    extra: dict[str, int] = field(default_factory=dict)  # extra crop sets, e.g. {"gram": 512}
+    ratio: float = 1.0
+
+
 class SSLStream(IterableDataset):
     """Batches `start_batch, start_batch + 1, …` of one rank's stream (forever)."""
 
     def __init__(
         self,
         source: ImageSource | ShardSource,
-        views: MultiCrop,  # .batch(uint8 images, random generators) → crop-major (global, local) crops
-        mask_generator,  # BlockMaskGenerator or None (no iBOT)
+        views: MultiCrop,  # .crops(uint8 images, random generators, sizes…) → crop-major crop sets
+        masks: Callable[[tuple[int, int]], BlockMaskGenerator] | None,  # grid → iBOT masks (None: no iBOT)
         masking,  # the `masking` config section
         batch_size: int,
         seed: int,
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
+        patch_size: int = 16,
+        sizes: Sequence[CropSizes] = (),  # one is drawn per batch; () : the sizes of `views`, no extra sets
     ) -> None:
-        self.source, self.views, self.mask_generator, self.masking = source, views, mask_generator, masking
+        self.source, self.views, self.masks, self.masking = source, views, masks, masking
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
-        self.start_batch = start_batch
+        self.start_batch, self.patch_size = start_batch, patch_size
+        self.sizes = list(sizes) or [CropSizes(views.global_size, views.local_size)]
+        self._mask_generators: dict[tuple[int, int], BlockMaskGenerator] = {}
         self._logged: set[str] = set()
+
+    def sizes_of(self, b: int) -> CropSizes:
+        """The crop sizes of batch `b` (the same on every rank)."""
+        if len(self.sizes) == 1:
+            return self.sizes[0]
+        return random.Random(f"{self.seed}:sizes:{b}").choices(self.sizes, [s.ratio for s in self.sizes])[0]
+
+    def _mask_generator(self, global_size: int) -> BlockMaskGenerator | None:
+        if self.masks is None:
+            return None
+        grid = (global_size // self.patch_size, global_size // self.patch_size)
+        if grid not in self._mask_generators:
+            self._mask_generators[grid] = self.masks(grid)
+        return self._mask_generators[grid]
 
     def batch(self, b: int) -> Batch:
         """Batch `b` of this rank's stream (random access; used by tests and the single-process path)."""
@@ -171,10 +203,13 @@ class SSLStream(IterableDataset):
         # an unreadable file: reuse a readable image, augmented with the failed position's seed
         batch_images = [images.get(key, readable[i % len(readable)]) for i, (key, _, _) in enumerate(items)]
         rngs = [random.Random(f"{self.seed}:{key}") for key, _, _ in items]
-        global_crops, local_crops = self.views.batch(batch_images, rngs)
-        m = self.masking
+        sizes = self.sizes_of(b)
+        global_crops, local_crops, extra = self.views.crops(
+            batch_images, rngs, sizes.global_size, sizes.local_size, sizes.extra
+        )
+        m, rng = self.masking, random.Random(f"{self.seed}:masks:{self.rank}:{b}")
         masks = make_masks(
-            len(items) * 2, self.mask_generator, random.Random(f"{self.seed}:masks:{self.rank}:{b}"),
-            m.sample_probability, m.ratio_min_max, exact_upper=m.style == "dinov3",
+            len(items) * 2, self._mask_generator(sizes.global_size), rng, m.sample_probability, m.ratio_min_max,
+            exact_upper=m.style == "dinov3",
         )  # fmt: skip
-        return collate_crops(global_crops, local_crops, masks, index=b, skipped=failed)
+        return collate_crops(global_crops, local_crops, masks, index=b, skipped=failed, extra_crops=extra)

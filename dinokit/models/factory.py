@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from ..atomic import atomic_write, atomic_write_text
+from .architectures import architecture_of
 from .config import ViTConfig
 from .convert_hf import dinokit_to_hf
 from .presets import preset_config
@@ -20,9 +21,10 @@ from .weights import StateDict, check_state_dict, dinokit_to_official, infer_con
 def create_backbone(name: str, weights: str | os.PathLike | StateDict | None = None, **overrides: Any):
     """A backbone from a preset name (e.g. "dinov3_vits16"), randomly initialised or loaded strictly from
     `weights` (any source `load_backbone` accepts). Overrides change config fields, e.g. `depth=2`."""
-    config = preset_config(name, **overrides)
+    arch = architecture_of(name)
+    config = arch.config(**arch.presets[name]).replace(**overrides)
     if weights is None:
-        return VisionTransformer(config)
+        return arch.model(config)
     sd, _, _ = read_checkpoint(weights)
     return _build(config, sd, dtype=torch.float32)
 

@@ -128,6 +128,33 @@ class VisionTransformer(nn.Module):
             self.rope_embed.periods = periods.to(self.rope_embed.periods.device, torch.float32)
         return self
 
+    # ------------------------------------------------------------------------------------ training
+    # The trainer's backbone protocol (`architectures.TrainableBackbone`).
+    @property
+    def num_layers(self) -> int:
+        """Layer ids for layer-wise LR decay: 0 (embeddings), 1 … depth (blocks), depth + 1 (final norms)."""
+        return len(self.blocks) + 2
+
+    def layer_id(self, name: str) -> int:
+        """The layer id of parameter `name`: 0 for the patch embedding, CLS / mask / position tokens and — as in
+        DINOv3 — the register tokens (DINOv2 gave its registers the last id), i + 1 for block i, the last id for
+        the rest."""
+        first = ("pos_embed", "patch_embed", "mask_token", "cls_token")
+        if name.startswith(first) or (name.startswith("register_tokens") and self.config.generation == "dinov3"):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers - 1
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (the RNG state is preserved, so drop-path
+        subsets agree between the two passes)."""
+        for block in self.blocks:
+            block.checkpointing = enabled
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     # ------------------------------------------------------------------------------------ tokens
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         return height // self.patch_size, width // self.patch_size

@@ -5,14 +5,33 @@ A `Curve` is 0 for `zero_steps` (overlaid, as the released last-layer freeze), a
 cosine / linear / constant `peak → end` until `total` steps, and `end` after. This is the released
 `CosineScheduler` (DINOv2 §3, 'linear warmup, cosine decay'), value for value.
 
-`Schedules` holds the named curves of a run (lr, last_layer_lr, wd, momentum, teacher_temp and one
-`weight/<term>` per loss term, plus term extras such as `dino_local_weight`) and returns them all for a step.
+`Schedules` holds the named curves of a run (lr, last_layer_lr, wd, momentum, teacher_temp and, for each loss
+term, `weight/<term>` and one `<term>_<field>` per other weight-like field of its config, such as
+`dino_local_weight`) and returns them all for a step. The loop evaluates them once per step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class CurveConfig:
+    """A value over steps: 0 for `zero_steps`, linear `start → peak` over `warmup_steps`, then `shape` to `end`."""
+
+    peak: float
+    end: float | None = None  # None: stay at peak
+    start: float = 0.0
+    warmup_steps: int = 0
+    shape: Literal["cosine", "constant", "linear"] = "cosine"
+    zero_steps: int = 0
+
+
+Weight = float | CurveConfig  # a loss weight in a config: a number, or a curve over steps
 
 
 @dataclass(frozen=True)
@@ -61,9 +80,13 @@ class Schedules:
 
 
 def scaled_lr(base_lr: float, rule: str, global_batch: int) -> float:
-    """The LR scaling rules: `sqrt_wrt_1024` (DINOv2: base · sqrt(B / 1024)), `linear_wrt_256`, `none`."""
+    """The LR scaling rules: `sqrt_wrt_1024` (DINOv2: base · sqrt(B / 1024)), `dinov3_sqrt_wrt_1024` (the rule
+    of the DINOv3 code under the same name: 4 · base · sqrt(B / 1024), so DINOv3's 1e-3 is DINOv2's 4e-3),
+    `linear_wrt_256`, `none`."""
     if rule == "sqrt_wrt_1024":
         return base_lr * math.sqrt(global_batch / 1024.0)
+    if rule == "dinov3_sqrt_wrt_1024":
+        return 4.0 * base_lr * math.sqrt(global_batch / 1024.0)
     if rule == "linear_wrt_256":
         return base_lr * global_batch / 256.0
     if rule == "none":
@@ -78,8 +101,19 @@ def curve_from(value, total: int) -> Curve:
     return Curve(value.peak, value.end, value.start, value.warmup_steps, total, value.shape, value.zero_steps)
 
 
-def build_schedules(optim, teacher, losses, total_steps: int, global_batch: int) -> Schedules:
-    """From the `optim`, `teacher` and `losses` config sections; `global_batch` = images per optimiser step."""
+def weight_fields(term_config) -> list[str]:
+    """The fields of a loss term's config that are weights over steps (`float | CurveConfig`)."""
+    hints = typing.get_type_hints(type(term_config))
+    return [f.name for f in dataclasses.fields(term_config) if CurveConfig in typing.get_args(hints[f.name])]
+
+
+def term_schedule_name(term: str, field: str) -> str:
+    return f"weight/{term}" if field == "weight" else f"{term}_{field}"
+
+
+def build_schedules(optim, teacher, terms: dict, total_steps: int, global_batch: int) -> Schedules:
+    """From the `optim` and `teacher` config sections and the enabled loss terms' configs (name → section);
+    `global_batch` = images per optimiser step."""
     lr = scaled_lr(optim.base_lr, optim.lr_scaling, global_batch)
     lr_end = optim.min_lr if optim.schedule == "cosine" else None
     shape = "cosine" if optim.schedule == "cosine" else "constant"
@@ -92,8 +126,7 @@ def build_schedules(optim, teacher, losses, total_steps: int, global_batch: int)
             teacher.temp, None, teacher.warmup_temp, teacher.warmup_temp_steps, total_steps, shape="constant"
         ),
     }
-    for name, term in losses.enabled().items():
-        curves[f"weight/{name}"] = curve_from(term.weight, total_steps)
-    if losses.dino is not None:
-        curves["dino_local_weight"] = curve_from(losses.dino.local_weight, total_steps)
+    for name, term in terms.items():
+        for field in weight_fields(term):
+            curves[term_schedule_name(name, field)] = curve_from(getattr(term, field), total_steps)
     return Schedules(curves)

@@ -1,32 +1,39 @@
-"""From a validated `PretrainConfig` to the objects the loop drives: backbone, student / teacher / loss terms
+"""From a validated `PretrainConfig` to the objects the loop drives: backbone, student / teachers / loss terms
 (the meta-architecture), optimiser, schedules and the data stream. Derived values (scaled LR, global batch)
 are computed here and logged, never written back into the config.
+
+Everything kind-specific is a table lookup: the backbone's kind (`models/architectures.py`), the teachers
+(`ssl/teachers/`), the loss terms (`ssl/losses/`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
-import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ..config import ConfigError, PretrainConfig
+from ..config import ConfigError, PretrainConfig, from_dict
+from ..config.recipes import TRAINING_ONLY
 from ..data.masking import BlockMaskGenerator
 from ..data.multicrop import MultiCrop
-from ..data.stream import SSLStream, open_source
-from ..models import VisionTransformer, load_backbone
-from ..models.layers.block import Block
+from ..data.stream import CropSizes, SSLStream, open_source
+from ..models import create_backbone, load_backbone
+from ..models.architectures import architecture_of
+from ..ssl.losses import BuildContext
 from ..ssl.meta_arch import SSLMetaArch, build_ssl_model, build_terms
 from ..ssl.schedules import Schedules, build_schedules
-from ..ssl.teachers import EMATeacher
-from .distributed import DistInfo
+from ..ssl.targets import build_target
+from ..ssl.teachers import TEACHERS, TeacherContext
+from . import distributed as D
+from .checkpoint import load_latest
 from .optim import build_optimizer, param_groups
 
 log = logging.getLogger("dinokit.train")
-TRAINING_ONLY = ("drop_path_rate", "drop_path_uniform", "rope_shift", "rope_jitter", "rope_rescale")
 
 
 @dataclass
@@ -38,77 +45,115 @@ class Parts:
     global_batch: int
 
 
-def build_backbone(cfg: PretrainConfig) -> VisionTransformer:
+def build_backbone(cfg: PretrainConfig) -> nn.Module:
     """A fresh backbone from the preset, or — `init.backbone` — weights from any checkpoint `load_backbone`
     reads, whose architecture must be the preset's (training-only options come from the config)."""
-    vit = cfg.backbone_config()
     if cfg.init.backbone is None:
-        return VisionTransformer(vit)
-    options = {k: getattr(vit, k) for k in TRAINING_ONLY}
-    model = load_backbone(cfg.init.backbone, **options)
+        return architecture_of(cfg.model.backbone).model(cfg.backbone_config())
+    return load_matching_backbone(cfg, cfg.init.backbone, "init.backbone")
+
+
+def load_matching_backbone(cfg: PretrainConfig, source: str, key: str) -> nn.Module:
+    """`load_backbone(source)` with the training options of the config; a `ConfigError` naming `key` when its
+    architecture is not `model.backbone`'s."""
+    wanted = cfg.backbone_config()
+    model = load_backbone(source, **{k: getattr(wanted, k) for k in TRAINING_ONLY if hasattr(wanted, k)})
     ignore = dict.fromkeys(("extra", "ffn_hidden_dim", "layerscale_init"))
     mine = {k: v for k, v in model.config.to_dict().items() if k not in ignore}
-    wanted = {k: v for k, v in vit.to_dict().items() if k not in ignore}
-    diff = sorted(k for k in wanted if mine.get(k) != wanted[k]) + (
-        ["ffn width"] if model.config.ffn_hidden != vit.ffn_hidden else []
-    )
+    theirs = {k: v for k, v in wanted.to_dict().items() if k not in ignore}
+    diff = sorted(k for k in theirs if mine.get(k) != theirs[k])
+    if getattr(model.config, "ffn_hidden", None) != getattr(wanted, "ffn_hidden", None):
+        diff.append("ffn width")
     if diff:
         raise ConfigError(
-            f"init.backbone={cfg.init.backbone} holds a different architecture than model.backbone="
-            f"{cfg.model.backbone} (differs in {', '.join(diff)}); set model.backbone to the matching preset"
+            f"{key}={source} holds a different architecture than model.backbone={cfg.model.backbone} "
+            f"(differs in {', '.join(diff)}); set model.backbone to the matching preset"
         )
     return model
 
 
-def enable_activation_checkpointing(backbone: nn.Module) -> None:
-    """Recompute each block's activations in the backward pass (RNG state preserved, so drop-path agrees)."""
+def load_checkpoint_model(source: str) -> nn.Module:
+    """The teacher (backbone and heads) of a dinokit training checkpoint or run folder, with the architecture
+    recorded in it: what a frozen teacher is built from."""
+    path = Path(source)
+    found = load_latest(path / "checkpoints") if path.is_dir() else None
+    state = found[1] if found else (torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None)
+    if not isinstance(state, dict) or "config" not in state or "teacher" not in state:
+        raise ConfigError(f"teacher.checkpoint={source} is not a dinokit training checkpoint or run folder")
+    saved = from_dict(PretrainConfig, {k: v for k, v in state["config"].items() if k in ("model", "losses")})
+    backbone = create_backbone(saved.model.backbone, **saved.model.backbone_options)
+    model = build_ssl_model(backbone, saved.model, saved.losses.enabled())
+    model.load_state_dict(state["teacher"])
+    return model
 
-    def forward(self, x, rope=None):
-        return checkpoint(Block.forward, self, x, rope, use_reentrant=False)
 
-    for block in backbone.blocks:
-        block.forward = types.MethodType(forward, block)
+def mask_generator(masking, grid: tuple[int, int]) -> BlockMaskGenerator:
+    """iBOT block masks over `grid` as the `masking` section describes."""
+    m = masking
+    max_block = m.max_block_fraction * grid[0] * grid[1]
+    return BlockMaskGenerator(grid, m.min_block_patches, max_block, m.min_aspect, m.style == "dinov3")
 
 
-def build(cfg: PretrainConfig, dist_info: DistInfo) -> Parts:
+def crop_sizes(cfg: PretrainConfig) -> list[CropSizes]:
+    """The crop sizes of the batches: the fixed ones, or one entry per `crops.resolutions` row; with a Gram
+    teacher at its own resolution, the size of its crops."""
+    gram_size = cfg.gram.teacher_crop_size if cfg.gram is not None else None
+    rows = cfg.crops.resolutions
+    if not rows:
+        return [CropSizes(cfg.crops.global_size, cfg.crops.local_size, {"gram": gram_size} if gram_size else {})]
+    out = []
+    for r in rows:
+        size = r.gram_size or gram_size
+        out.append(CropSizes(r.global_size, r.local_size, {"gram": size} if size and cfg.gram else {}, r.ratio))
+    return out
+
+
+def build(cfg: PretrainConfig, dist_info: D.DistInfo) -> Parts:
     source = open_source(cfg.data.path, cfg.seed)  # a missing or empty data.path fails before any model is built
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = build_backbone(cfg)
-    student = build_ssl_model(backbone, cfg.model, cfg.losses)
+    terms_cfg = cfg.losses.enabled()
+    student = build_ssl_model(backbone, cfg.model, terms_cfg)
     global_batch = cfg.train.batch_size * dist_info.world_size * cfg.train.grad_accumulation
-    schedules = build_schedules(cfg.optim, cfg.teacher, cfg.losses, cfg.train.steps, global_batch)
-    teacher = EMATeacher(student, schedules["momentum"])
+    schedules = build_schedules(cfg.optim, cfg.teacher, terms_cfg, cfg.train.steps, global_batch)
+
+    ctx = TeacherContext(student, schedules["momentum"], {}, load_checkpoint_model,
+                         functools.partial(load_matching_backbone, cfg, key="gram.ckpt"))  # fmt: skip
+    teachers = {"main": TEACHERS[cfg.teacher.kind](cfg.teacher, ctx)}
+    if cfg.gram is not None:
+        teachers["gram"] = TEACHERS["gram"](cfg.gram, dataclasses.replace(ctx, teachers=teachers))
     dino_k = cfg.model.dino_head.n_prototypes
     ibot_k = cfg.model.ibot_head.n_prototypes if cfg.model.ibot_head is not None else dino_k
-    meta = SSLMetaArch(student, teacher, build_terms(cfg.losses, cfg.teacher, dino_k, ibot_k), schedules)
+    t = cfg.teacher
+    term_ctx = BuildContext(
+        target=lambda k: build_target(t.target, k, t.center_momentum, t.sinkhorn_iterations),
+        n_prototypes={"dino": dino_k, "ibot": ibot_k},
+        teachers=teachers,
+        subgroup=D.subgroup,
+    )
+    meta = SSLMetaArch(student, teachers, build_terms(terms_cfg, term_ctx), schedules)
     meta.to(dist_info.device)
     if cfg.train.activation_checkpointing:
-        enable_activation_checkpointing(student.backbone)
-    if cfg.train.compile:
-        for model in (student.backbone, teacher.model.backbone):
-            for block in model.blocks:
-                block.compile()
-    modules = {"backbone": student.backbone, "dino_head": student.dino_head, "ibot_head": student.ibot_head}
-    groups = param_groups(
-        {k: m for k, m in modules.items() if m is not None}, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult
-    )
+        student.backbone.set_activation_checkpointing(True)
+    if cfg.train.compile:  # block by block: the repeated units compile once
+        for model in [student.backbone, *(t.backbone for t in teachers.values())]:
+            for unit in model.fsdp_units():
+                unit.compile()
+    heads = {"dino_head": student.dino_head, "ibot_head": student.ibot_head}
+    groups = param_groups(student.backbone, {k: m for k, m in heads.items() if m is not None},
+                          cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)  # fmt: skip
     optimizer = build_optimizer(groups, cfg.optim.betas)
-    vit = backbone.config
-    grid = (cfg.crops.global_size // vit.patch_size, cfg.crops.global_size // vit.patch_size)
-    mask_generator = None
-    if cfg.losses.ibot is not None:
-        m = cfg.masking
-        max_block = m.max_block_fraction * grid[0] * grid[1]
-        mask_generator = BlockMaskGenerator(grid, m.min_block_patches, max_block, m.min_aspect, m.style == "dinov3")
     stream_args = dict(
         source=source,
         views=MultiCrop.from_config(cfg.crops, cfg.data),
-        mask_generator=mask_generator,
+        masks=functools.partial(mask_generator, cfg.masking) if student.predict_patches else None,
         masking=cfg.masking,
         batch_size=cfg.train.batch_size,
         seed=cfg.seed,
         rank=dist_info.rank,
         world_size=dist_info.world_size,
+        patch_size=backbone.patch_size,
+        sizes=crop_sizes(cfg),
     )
     n_params = sum(p.numel() for p in student.parameters())
     log.info(

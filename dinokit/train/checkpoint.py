@@ -1,9 +1,11 @@
 """Training checkpoints: one consolidated file per save, written atomically, the newest `keep` kept.
 
 A checkpoint is a plain dict of tensors, numbers and strings (it loads with `torch.load(weights_only=True)` on
-any world size): `step` (optimiser steps done), `student`, `teacher` (backbone + heads: `load_backbone` reads
-the teacher backbone from it), `terms` (target centres), `optimizer`, `data` (the next batch of each rank's
-stream), `rng` (every rank's generators), `config` and `world_size`.
+any world size): `step` (optimiser steps done), `student`, `teacher` (the main teacher: backbone + heads;
+`load_backbone` reads the teacher backbone from it), `extra_teachers` (e.g. the Gram teacher's weights and
+copy count), `terms` (target centres), `optimizer`, `monitor`, `data` (the next batch of each rank's stream),
+`rng` (every rank's generators), `config` and `world_size`. `training_state` gathers it (every rank calls it;
+rank 0 gets the dict), `restore_training_state` puts it back.
 
 Files are `checkpoints/step_00001000.pt`; a save goes to a hidden temporary file that is renamed into place,
 so a crash mid-save never leaves a partial checkpoint under a real name. Resuming takes the newest file that
@@ -23,7 +25,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..config import to_dict
 from ..errors import UserError
+from . import distributed as D
 
 log = logging.getLogger("dinokit.train")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -69,6 +73,77 @@ def load_latest(directory: Path) -> tuple[Path, dict] | None:
             "move them away to start this run afresh, or train into another output_dir"
         )
     return None
+
+
+def training_state(cfg, parts, monitor, info, step: int, next_batch: int) -> dict | None:
+    """The consolidated state after `step` steps (None on ranks other than 0); `next_batch`: the first unseen
+    batch of each rank's stream. A collective: every rank calls it."""
+    meta = parts.meta
+    rngs = D.gather_objects(rng_state())
+    if not info.is_main:
+        return None
+    extra = {name: t.state_dict() for name, t in meta.teachers.items() if name != "main"}
+    return {
+        "step": step,
+        "student": meta.student.state_dict(),
+        "teacher": meta.teacher.state_dict(),
+        "extra_teachers": extra,
+        "terms": meta.terms.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "monitor": monitor.state_dict(),
+        "data": {"next_batch": next_batch, "batch_size": cfg.train.batch_size},
+        "rng": rngs,
+        "world_size": info.world_size,
+        "config": to_dict(cfg),
+    }
+
+
+def restore_training_state(parts, state: dict) -> str:
+    """Load models, teachers, terms and optimiser from a checkpoint; "" on success, else why it does not fit."""
+    meta = parts.meta
+    extra = {name: t for name, t in meta.teachers.items() if name != "main"}
+    saved_extra = state.get("extra_teachers", {})
+    problem = state_mismatch(meta.student, state["student"]) or state_mismatch(meta.teacher, state["teacher"])
+    if not problem and set(saved_extra) != set(extra):
+        problem = f"teachers {sorted(saved_extra) or 'none'} saved besides the main one, {sorted(extra) or 'none'} here"
+    if problem:
+        return problem
+    try:
+        meta.student.load_state_dict(state["student"])
+        meta.teacher.load_state_dict(state["teacher"])
+        for name, teacher in extra.items():
+            teacher.load_state_dict(saved_extra[name])
+        meta.terms.load_state_dict(state["terms"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # e.g. the optimiser's parameter groups changed
+        return str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    return ""
+
+
+def start_from_run(parts, run: Path, keep_optimizer: bool) -> Path:
+    """A stage's start (`init.run`): student, main teacher and target centres from the run's newest checkpoint,
+    and its optimiser state with `keep_optimizer`; extra teachers start from their own settings. Returns the
+    checkpoint used."""
+    found = load_latest(run / "checkpoints")
+    if found is None:
+        raise UserError(f"init.run={run} has no checkpoint to start from (checkpoints/ is empty or missing)")
+    path, state = found
+    meta = parts.meta
+    problem = state_mismatch(meta.student, state["student"]) or state_mismatch(meta.teacher, state["teacher"])
+    if problem:
+        raise UserError(f"{path} does not fit the model this stage builds: {problem}")
+    meta.student.load_state_dict(state["student"])
+    meta.teacher.load_state_dict(state["teacher"])
+    own = meta.terms.state_dict()  # centres of terms both runs have, where their shapes agree
+    meta.terms.load_state_dict({k: v for k, v in state["terms"].items() if k in own and v.shape == own[k].shape},
+                               strict=False)  # fmt: skip
+    if keep_optimizer:
+        try:
+            parts.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"init.optimizer=keep: the optimiser state of {path} does not fit this stage's "
+                            f"parameter groups ({e}); use init.optimizer=fresh") from None  # fmt: skip
+    return path
 
 
 def state_mismatch(module: torch.nn.Module, saved: dict) -> str:

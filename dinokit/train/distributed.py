@@ -1,16 +1,21 @@
 """Process groups for `torchrun`: one process per device, NCCL on GPUs, gloo on CPUs.
 
 Without `torchrun` (no `WORLD_SIZE` in the environment) everything runs in one process and the helpers below
-are no-ops, so the same code serves a laptop and a cluster.
+are no-ops, so the same code serves a laptop and a cluster. Data parallelism lives here too, out of the loop:
+`wrap_student` puts the student behind DDP and `gradient_sync` says when its gradients are all-reduced.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -80,3 +85,31 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+@functools.cache
+def subgroup(size: int):
+    """This rank's group among groups of `size` consecutive ranks (as DINOv3 groups KoLeo's neighbours; all ranks
+    when there are fewer); None in one process or when `size` is 1 (per device). Every rank must call it."""
+    if not is_enabled() or size <= 1:
+        return None
+    world = dist.get_world_size()
+    size = min(size, world)
+    if world % size:
+        raise ValueError(f"a group size of {size} ranks does not divide the {world} ranks of this run")
+    group, _ = dist.new_subgroups(size)
+    return group
+
+
+def wrap_student(meta, info: DistInfo) -> None:
+    """Multi-process runs: the student's forward goes through DDP (gradients all-reduced in the backward pass)."""
+    if info.world_size > 1:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        meta.student_forward = DistributedDataParallel(meta.student, device_ids=device_ids, broadcast_buffers=False)
+
+
+def gradient_sync(student_forward: nn.Module, micro_batch: int, n_micro_batches: int):
+    """The context for the backward pass of one micro-batch: gradients are all-reduced on the last one only."""
+    if isinstance(student_forward, DistributedDataParallel) and micro_batch < n_micro_batches - 1:
+        return student_forward.no_sync()
+    return contextlib.nullcontext()

@@ -16,8 +16,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
+from ..ssl.losses import TERMS
 
-SHOWN = ("loss", "dino", "ibot", "koleo")  # in the progress bar, besides lr and images/s
+SHOWN = ("loss", *TERMS)  # in the progress bar (those a run has), besides lr and images/s
 
 
 class RunLog:

@@ -1,9 +1,12 @@
 """`dinokit train`: the self-supervised training loop (DINOv2 recipe; DINOv3 stages are configuration).
 
-Per step: schedules → forward (teacher, student, loss terms; bf16 autocast on GPU) → backward (gradient
-accumulation over micro-batches, DDP all-reduce on the last) → per-module clipping → optimiser step →
-`teacher.on_step_end(step)` → log → evaluation callback → checkpoint. A non-finite step is skipped (see
-`monitor.py`); SIGTERM / Ctrl-C save a checkpoint at the next step boundary and stop.
+Per step: schedules (once) → forward (teacher, student, loss terms; bf16 autocast on GPU) → backward (gradient
+accumulation over micro-batches, all-reduced on the last: `distributed.py`) → per-module clipping → optimiser
+step → `on_step_end(step)` of every teacher → log → evaluation callback → checkpoint. A non-finite step is
+skipped (see `monitor.py`); SIGTERM / Ctrl-C save a checkpoint at the next step boundary and stop.
+
+Where a run starts: its own newest checkpoint (resume), else `init.run` (a stage: an earlier run's models),
+else fresh weights (or `init.backbone`). Teachers hear `on_train_start(step)` once the weights are in place.
 
 Run folder: `config.yaml` (resolved), `metrics.jsonl`, `checkpoints/`, `tensorboard/`, and at the end
 `teacher_backbone/` (dinokit format) and `teacher_backbone_official.pth` (the released layout).
@@ -28,15 +31,21 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from ..config import PretrainConfig, changed_keys, save_config, to_dict
+from ..config import PretrainConfig, changed_keys, save_config
 from ..data.stream import SSLStream
 from ..errors import UserError
 from ..models import save_backbone
 from . import distributed as D
 from .build import build, data_iterator
-from .checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state, state_mismatch
+from .checkpoint import (
+    load_latest,
+    restore_training_state,
+    save_checkpoint,
+    set_rng_state,
+    start_from_run,
+    training_state,
+)  # fmt: skip
 from .logging import RunLog
 from .monitor import HealthMonitor
 from .optim import apply_schedules, clip_gradients
@@ -61,9 +70,9 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
     monitor = HealthMonitor(cfg.monitor.max_bad_steps, cfg.monitor.min_target_entropy, cfg.monitor.min_feature_std,
                             check_after=cfg.optim.warmup_steps)  # fmt: skip
     start, next_batch = _restore(cfg, run, parts, monitor, info, resume)
-    if info.world_size > 1:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        meta.student_forward = DistributedDataParallel(meta.student, device_ids=device_ids, broadcast_buffers=False)
+    for teacher in meta.teachers.values():
+        teacher.on_train_start(start)
+    D.wrap_student(meta, info)
     stream = SSLStream(**parts.stream_args, start_batch=next_batch)
     batches = data_iterator(stream, cfg.data.num_workers, pin_memory=info.device.type == "cuda")
     autocast = _autocast(cfg.train.precision, info.device)
@@ -80,7 +89,7 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
             runlog.step_done()
             evaluated = {}
             if eval_fn is not None and cfg.eval.every and done % cfg.eval.every == 0:
-                evaluated = eval_fn(meta.teacher.model.backbone, done)
+                evaluated = eval_fn(meta.teacher.backbone, done)
             if evaluated or done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 logged = runlog.write(done, {**result.reduced(), **evaluated, "skipped_steps": monitor.skipped_steps})
                 for warning in monitor.collapse_warnings(done, logged):
@@ -95,8 +104,8 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
     if skipped_files and info.is_main:
         log.warning("%d unreadable file(s) skipped, %d times in all", len(skipped_files), skipped_files.total())
     if info.is_main and not stop.requested:
-        save_backbone(meta.teacher.model.backbone, run / "teacher_backbone", format="dinokit")
-        save_backbone(meta.teacher.model.backbone, run / "teacher_backbone_official.pth", format="official")
+        save_backbone(meta.teacher.backbone, run / "teacher_backbone", format="dinokit")
+        save_backbone(meta.teacher.backbone, run / "teacher_backbone_official.pth", format="official")
     D.barrier()
     if stop.requested:
         raise KeyboardInterrupt
@@ -125,13 +134,12 @@ def train_step(meta, optimizer, micro_batches: list, step: int, clip_grad, autoc
     values = meta.schedules(step)
     apply_schedules(optimizer, values)
     optimizer.zero_grad(set_to_none=True)
-    ddp = meta.student_forward if isinstance(meta.student_forward, DistributedDataParallel) else None
     n = len(micro_batches)
     losses, metrics = [], {}
     for i, batch in enumerate(micro_batches):
-        with ddp.no_sync() if ddp is not None and i < n - 1 else contextlib.nullcontext():
+        with D.gradient_sync(meta.student_forward, i, n):
             with autocast:
-                loss, batch_metrics = meta(batch.to(device, non_blocking=True), step)
+                loss, batch_metrics = meta(batch.to(device, non_blocking=True), values)
             (loss / n).backward()
         losses.append(loss.detach())
         for k, v in batch_metrics.items():  # the step's metrics: the mean over its micro-batches
@@ -141,7 +149,7 @@ def train_step(meta, optimizer, micro_batches: list, step: int, clip_grad, autoc
     bad = D.any_rank(~torch.isfinite(checked).all())  # one synchronisation per step
     if not bad:
         optimizer.step()
-        for teacher in meta.teachers:
+        for teacher in meta.teachers.values():
             teacher.on_step_end(step)
     return StepResult(metrics, norms, values, bad)
 
@@ -153,50 +161,33 @@ def _autocast(precision: str, device: torch.device):
 
 def _save(cfg: PretrainConfig, run: Path, parts, monitor, info: D.DistInfo, step: int, next_batch: int) -> None:
     """A consolidated checkpoint after `step` steps; `next_batch`: the first unseen batch of each rank's stream."""
-    meta = parts.meta
-    rngs = D.gather_objects(rng_state())
-    if info.is_main:
-        state = {
-            "step": step,
-            "student": meta.student.state_dict(),
-            "teacher": meta.teacher.model.state_dict(),
-            "terms": meta.terms.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "monitor": monitor.state_dict(),
-            "data": {"next_batch": next_batch, "batch_size": cfg.train.batch_size},
-            "rng": rngs,
-            "world_size": info.world_size,
-            "config": to_dict(cfg),
-        }
+    state = training_state(cfg, parts, monitor, info, step, next_batch)
+    if state is not None:
         save_checkpoint(run / "checkpoints", step, state, cfg.checkpoint.keep)
     D.barrier()
 
 
 def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, resume: bool) -> tuple[int, int]:
-    """Continue from the newest checkpoint of the run folder (if any): (first step, first batch of the stream)."""
+    """Continue from the newest checkpoint of the run folder, or start a stage from `init.run`, or afresh:
+    (first step, first batch of the stream)."""
     found = load_latest(run / "checkpoints")
     if found is None:
         if resume:
             raise UserError(f"--resume: no checkpoint in {run / 'checkpoints'}")
+        if cfg.init.run is not None:
+            used = start_from_run(parts, Path(cfg.init.run), cfg.init.optimizer == "keep")
+            if info.is_main:
+                log.info("stage starts from %s", used)
         torch.manual_seed(cfg.seed + info.rank)  # training randomness (drop-path, RoPE jitter) differs per rank
         return 0, 0
     path, state = found
-    meta = parts.meta
     changed = ", ".join(k for k in changed_keys(state["config"], cfg) if k != "output_dir")
-    problem = state_mismatch(meta.student, state["student"]) or state_mismatch(meta.teacher.model, state["teacher"])
-    if not problem:
-        try:
-            meta.student.load_state_dict(state["student"])
-            meta.teacher.model.load_state_dict(state["teacher"])
-            meta.terms.load_state_dict(state["terms"])
-            parts.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:  # e.g. the optimiser's parameter groups changed
-            problem = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    problem = restore_training_state(parts, state)
     if problem:
         raise UserError(
             f"{path} was written for another model than this configuration builds"
             f"{f' (changed settings: {changed})' if changed else ''}: {problem.rstrip('.')}. Train into another "
-            f"output_dir (init.backbone={path} starts a new run from its teacher backbone, if that is unchanged)"
+            f"output_dir (init.run={run} starts a new run from it)"
         )
     monitor.load_state_dict(state["monitor"])
     step = state["step"]

@@ -12,35 +12,23 @@ Gradient clipping is per sub-module (backbone, each head), max norm 3.0, as rele
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
 import torch
 from torch import nn
 
-LAYER0 = ("pos_embed", "patch_embed", "mask_token", "cls_token")
-
-
-def layer_id(name: str, n_blocks: int, registers_first: bool) -> int:
-    if name.startswith(LAYER0) or (registers_first and name.startswith("register_tokens")):
-        return 0
-    m = re.match(r"blocks\.(\d+)\.", name)
-    return int(m.group(1)) + 1 if m else n_blocks + 1
-
 
 def param_groups(
-    modules: dict[str, nn.Module], layerwise_decay: float = 0.9, patch_embed_lr_mult: float = 0.2
+    backbone: nn.Module, heads: dict[str, nn.Module], layerwise_decay: float = 0.9, patch_embed_lr_mult: float = 0.2
 ) -> list[dict]:
-    """Fused groups over named sub-modules (e.g. backbone, dino_head, ibot_head) of the student."""
+    """Fused groups over the student's backbone (layer ids from its `layer_id`) and its named heads."""
     fused: dict[tuple, dict] = defaultdict(lambda: {"params": []})
-    for module_name, module in modules.items():
-        blocks = getattr(module, "blocks", None)
-        n_blocks = len(blocks) if blocks is not None else 0
-        registers_first = getattr(getattr(module, "config", None), "generation", "dinov3") == "dinov3"
+    last_id = backbone.num_layers - 1
+    for module_name, module in {"backbone": backbone, **heads}.items():
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            lr_mult = layerwise_decay ** (n_blocks + 1 - layer_id(name, n_blocks, registers_first)) if n_blocks else 1.0
+            lr_mult = layerwise_decay ** (last_id - backbone.layer_id(name)) if module is backbone else 1.0
             if "patch_embed" in name:
                 lr_mult *= patch_embed_lr_mult
             wd_mult = 0.0 if name.endswith("bias") or "norm" in name or "gamma" in name else 1.0

@@ -28,9 +28,9 @@ def write_images(folder, n, seed=0, size=(40, 56)):
 
 def small_stream(source, batch_size=3, rank=0, world=1, start=0, masked=True):
     views = MultiCrop(global_size=32, local_number=2, local_size=16)
-    gen = BlockMaskGenerator((2, 2), min_block_patches=1) if masked else None
+    gen = (lambda grid: BlockMaskGenerator(grid, min_block_patches=1)) if masked else None
     return SSLStream(source, views, gen, MaskingConfig(), batch_size, seed=7, rank=rank, world_size=world,
-                     start_batch=start)  # fmt: skip
+                     start_batch=start, patch_size=16)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- augmentations

@@ -81,9 +81,11 @@ def test_demo_end_to_end_with_a_two_step_training_run(tmp_path, capsys):
         linear_epochs=1, figure_examples=2, thresholds=(4, 8), knn_every=1,
         data=SynthConfig(size=32, pretrain=8, train_per_class=2, val_per_class=1, dense_train=3, dense_val=2,
                          pairs=2, landmarks=0, views=0, distractors=0),
-        recipe=("model.dino_head={n_prototypes: 64, hidden_dim: 32, bottleneck_dim: 16}", "model.ibot_head=null",
-                "crops.global_size=32", "crops.local_number=2", "crops.local_size=16", "data.num_workers=0",
-                "optim.warmup_steps=1", "teacher.warmup_temp_steps=1", "train.log_every=1"),
+        recipe_overrides=(
+            "model.dino_head={n_prototypes: 64, hidden_dim: 32, bottleneck_dim: 16}", "model.ibot_head=null",
+            "crops.global_size=32", "crops.local_number=2", "crops.local_size=16", "data.num_workers=0",
+            "optim.warmup_steps=1", "teacher.warmup_temp_steps=1", "train.log_every=1",
+        ),
     )  # fmt: skip
     out = tmp_path / "demo"
     summary = run_demo(out, seed=0, config=config)

@@ -26,9 +26,14 @@ def parts_and_batch(cfg):
 
 def test_gradients_reach_every_student_parameter_and_no_teacher_parameter(tiny_cfg):
     parts, batch = parts_and_batch(tiny_cfg())
-    loss, metrics = parts.meta(batch, step=5)
+    values = parts.meta.schedules(5)
+    loss, metrics = parts.meta(batch, values)
     loss.backward()
-    assert {"dino", "dino_local", "dino_global", "ibot", "koleo", "loss"} <= set(metrics)
+    assert {"dino", "dino_local", "dino_global", "ibot", "koleo", "koleo_per_crop", "loss"} <= set(metrics)
+    # each term's value and its weighted value, under distinct names; the loss is the sum of the weighted ones
+    torch.testing.assert_close(metrics["koleo_weighted"], values["weight/koleo"] * metrics["koleo"])
+    torch.testing.assert_close(metrics["koleo"], 2 * metrics["koleo_per_crop"])  # summed over the 2 global crops
+    torch.testing.assert_close(metrics["loss"], sum(metrics[f"{t}_weighted"] for t in ("dino", "ibot", "koleo")))
     missing = [n for n, p in parts.meta.student.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient for {missing}"
     teacher = list(parts.meta.teacher.parameters())
@@ -73,7 +78,7 @@ def test_parameter_groups_follow_the_released_rules(tiny_cfg):
     parts, _ = parts_and_batch(tiny_cfg("optim.layerwise_decay=0.5"))
     s = parts.meta.student
     L = len(s.backbone.blocks)
-    groups = param_groups({"backbone": s.backbone, "dino_head": s.dino_head}, layerwise_decay=0.5)
+    groups = param_groups(s.backbone, {"dino_head": s.dino_head}, layerwise_decay=0.5)
 
     def group_of(p):
         return next(g for g in groups if any(q is p for q in g["params"]))
@@ -124,7 +129,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_cfg):
     for flag in ("false", "true"):
         parts, batch = parts_and_batch(tiny_cfg(f"train.activation_checkpointing={flag}"))  # drop path 0.1 on
         torch.manual_seed(3)
-        loss, _ = parts.meta(batch, step=5)
+        loss, _ = parts.meta(batch, parts.meta.schedules(5))
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in parts.meta.student.named_parameters()})
     for name, g in grads[0].items():

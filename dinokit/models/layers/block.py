@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
 from .layer_scale import LayerScale
@@ -41,6 +42,7 @@ class Block(nn.Module):
         self.mlp = FFN_LAYERS[ffn](dim, ffn_hidden, bias=ffn_bias)
         self.ls2 = LayerScale(dim, layerscale_init) if layerscale_init is not None else nn.Identity()
         self.drop_path = drop_path
+        self.checkpointing = False  # recompute the activations in the backward pass (training memory)
 
     @staticmethod
     def _residual(x: torch.Tensor, branch: torch.Tensor, ls: nn.Module) -> torch.Tensor:
@@ -48,6 +50,11 @@ class Block(nn.Module):
         return torch.addcmul(x, branch, ls.gamma) if isinstance(ls, LayerScale) else x + branch
 
     def forward(self, x: torch.Tensor, rope: Rope = None) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, rope, use_reentrant=False)
+        return self._forward(x, rope)
+
+    def _forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         if not (self.training and self.drop_path > 0):
             x = self._residual(x, self.attn(self.norm1(x), rope), self.ls1)
             return self._residual(x, self.mlp(self.norm2(x)), self.ls2)

@@ -14,9 +14,27 @@ down-weight the local part (`local_weight`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..schedules import CurveConfig
+from .term import BuildContext, LossTerm
+
+
+@dataclass
+class DinoLossConfig:
+    """`losses.dino`."""
+
+    weight: float | CurveConfig = 1.0
+    student_temp: float = 0.1
+    local_weight: float | CurveConfig = 1.0  # extra factor on the local-crop part (DINOv3 down-weights it)
+    global_ignore_diagonal: bool = True  # no (crop i, crop i) pairs between the global crops, as released
+
+    def problems(self) -> list[str]:
+        return [] if self.student_temp > 0 else [f"student_temp must be > 0, got {self.student_temp}"]
 
 
 def dino_loss(
@@ -34,7 +52,7 @@ def dino_loss(
     return off_diagonal / (B * (S * T - n_diag))
 
 
-class DinoTerm(nn.Module):
+class DinoTerm(LossTerm):
     """The DINO loss term of the recipe: teacher targets of the global crops vs. student CLS logits of all crops.
 
     Returns the value the term's weight multiplies and metrics: the local and global parts (pair means) and
@@ -59,6 +77,10 @@ class DinoTerm(nn.Module):
         metrics["dino_local"] = local.detach()
         loss = (n_local * temps.get("dino_local_weight", 1.0) * local + n_global * glob) / (n_local + n_global)
         return loss, metrics
+
+    @classmethod
+    def build(cls, cfg: DinoLossConfig, ctx: BuildContext) -> DinoTerm:
+        return cls(ctx.target(ctx.n_prototypes["dino"]), cfg.student_temp, cfg.global_ignore_diagonal)
 
 
 @torch.no_grad()

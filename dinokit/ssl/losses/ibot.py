@@ -13,8 +13,23 @@ global crops in the batch, masked or not (as released).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
+
+from ..schedules import CurveConfig
+from .term import BuildContext, LossTerm
+
+
+@dataclass
+class IbotLossConfig:
+    """`losses.ibot`."""
+
+    weight: float | CurveConfig = 1.0
+    student_temp: float = 0.1
+
+    def problems(self) -> list[str]:
+        return [] if self.student_temp > 0 else [f"student_temp must be > 0, got {self.student_temp}"]
 
 
 def ibot_loss(
@@ -58,10 +73,10 @@ class SoftCrossEntropy(torch.autograd.Function):
         return out.to(logits.dtype), None, None
 
 
-class IbotTerm(nn.Module):
+class IbotTerm(LossTerm):
     """The iBOT term: targets of the teacher's masked-position patch logits vs. the student's."""
 
-    def __init__(self, target: nn.Module, student_temp: float = 0.1) -> None:
+    def __init__(self, target: torch.nn.Module, student_temp: float = 0.1) -> None:
         super().__init__()
         self.target = target
         self.student_temp = student_temp
@@ -70,3 +85,7 @@ class IbotTerm(nn.Module):
         probs = self.target(teacher.patch_logits, temps["teacher_temp"])  # [M, K]
         n_global_crops = batch.masks.shape[0]
         return ibot_loss(student.patch_logits, probs, batch.masks_weight, n_global_crops, self.student_temp), {}
+
+    @classmethod
+    def build(cls, cfg: IbotLossConfig, ctx: BuildContext) -> IbotTerm:
+        return cls(ctx.target(ctx.n_prototypes["ibot"]), cfg.student_temp)

@@ -1,14 +1,11 @@
-"""Teachers: objects that produce the targets' logits for a batch and decide what happens at the end of a step.
+"""The EMA teacher (self-distillation, DINO §3 / DINOv2 / DINOv3): a copy of the student — backbone and heads —
+updated after every optimiser step as `t ← m·t + (1 − m)·s` over all parameters, m following the momentum
+schedule (cosine 0.992 → 1 in DINOv2, constant in DINOv3). Always in eval mode (no stochastic depth, no RoPE
+augmentation), never given gradients. `torch.lerp` keeps m = 1 (teacher unchanged) and m = 0 (teacher =
+student) exact.
 
-The training loop only calls `teacher(batch)` (through the meta-architecture) and `teacher.on_step_end(step)`.
-
-- `EMATeacher` (self-distillation, DINO §3 / DINOv2): a copy of the student updated after every optimiser step
-  as `t ← m·t + (1 − m)·s` over all parameters (backbone and heads), m following the momentum schedule
-  (cosine 0.992 → 1 in DINOv2). Always in eval mode (no stochastic depth, no RoPE augmentation), never given
-  gradients. `torch.lerp` keeps m = 1 (teacher unchanged) and m = 0 (teacher = student) exact.
-
-DINOv3 adds a `FrozenTeacher` (distillation from a checkpoint; `on_step_end` does nothing) and a `GramTeacher`
-(periodically refreshed from the EMA teacher) with the same two methods.
+Its checkpoint state is the copied model's own state dict (`backbone.*`, `dino_head.*`, …), the layout of the
+released training checkpoints' `teacher` entry, which `load_backbone` reads.
 """
 
 from __future__ import annotations
@@ -19,8 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..data.collate import Batch
-from .model import SSLModel, TeacherOutput
+from ..model import SSLModel, TeacherOutput
 
 
 class EMATeacher(nn.Module):
@@ -31,17 +27,31 @@ class EMATeacher(nn.Module):
         self._student = [student]  # a plain list: the student is not a sub-module of the teacher
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
+    @classmethod
+    def build(cls, cfg, ctx) -> EMATeacher:
+        return cls(ctx.student, ctx.momentum)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
     def train(self, mode: bool = True) -> EMATeacher:
         return super().train(False)  # the teacher is always in eval mode
 
     @torch.no_grad()
-    def forward(self, batch: Batch) -> TeacherOutput:
+    def forward(self, batch) -> TeacherOutput:
         return self.model.teacher_forward(batch)
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        return self.model.load_state_dict(state, strict=strict, assign=assign)
 
     def _parameter_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if self._pairs is None:
-            t = [p for p in self.model.parameters()]
-            s = [p for p in self._student[0].parameters()]
+            t = list(self.model.parameters())
+            s = list(self._student[0].parameters())
             if len(t) != len(s) or any(a.shape != b.shape for a, b in zip(t, s)):
                 raise RuntimeError("teacher and student parameters do not correspond")
             self._pairs = (t, s)
@@ -52,6 +62,9 @@ class EMATeacher(nn.Module):
         """`t ← m·t + (1 − m)·s` for every parameter."""
         t, s = self._parameter_pairs()
         torch._foreach_lerp_(t, s, 1.0 - m)
+
+    def on_train_start(self, step: int) -> None:
+        pass
 
     def on_step_end(self, step: int) -> None:
         self.update(self.momentum(step))
