@@ -144,6 +144,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     compile: bool = False  # torch.compile the backbones
     activation_checkpointing: bool = False
+    # Multi-process runs: "ddp" keeps a full student on every rank and all-reduces its gradients; "fsdp" shards
+    # the student's parameters, gradients and optimiser state over the ranks (FSDP2, block by block). One process:
+    # both train the same unsharded model.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     log_every: int = 10
 
 

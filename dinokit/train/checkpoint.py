@@ -7,6 +7,16 @@ copy count), `terms` (target centres), `optimizer`, `monitor`, `data` (the next 
 `rng` (every rank's generators), `config` and `world_size`. `training_state` gathers it (every rank calls it;
 rank 0 gets the dict), `restore_training_state` puts it back.
 
+Every world size and `train.parallel` writes and reads this one layout, so a run continues on any number of
+ranks. With FSDP the student's parameters and the optimiser's moments are sharded (DTensors):
+`training_state` gathers them tensor by tensor (`full_tensor()`, one collective each) into rank 0's CPU
+memory — what `torch.distributed.checkpoint`'s `get_state_dict(full_state_dict=True, cpu_offload=True)` does,
+but keeping the optimiser's own index-keyed layout that `load_state_dict` of an unsharded optimiser reads
+(DCP's is keyed by parameter name). Deviation from a DCP save: no sharded checkpoint directory is written and
+consolidated afterwards; the consolidated file is the only output, written atomically by rank 0 as in one
+process. Restoring happens before the loop shards the student (`distributed.wrap_student` then shards the
+restored weights and optimiser state), so loading is the same plain `load_state_dict` on every world size.
+
 Files are `checkpoints/step_00001000.pt`; a save goes to a hidden temporary file that is renamed into place,
 so a crash mid-save never leaves a partial checkpoint under a real name. Resuming takes the newest file that
 loads; a damaged one (or a file that is not a training checkpoint) is reported and the next older is used. When
@@ -23,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
 from ..atomic import atomic_write
 from ..config import to_dict
@@ -79,23 +90,39 @@ def training_state(cfg, parts, monitor, info, step: int, next_batch: int) -> dic
     """The consolidated state after `step` steps (None on ranks other than 0); `next_batch`: the first unseen
     batch of each rank's stream. A collective: every rank calls it."""
     meta = parts.meta
+    student = consolidated(meta.student.state_dict(), info.is_main)
+    optimizer = consolidated(parts.optimizer.state_dict(), info.is_main)
     rngs = D.gather_objects(rng_state())
     if not info.is_main:
         return None
     extra = {name: t.state_dict() for name, t in meta.teachers.items() if name != "main"}
     return {
         "step": step,
-        "student": meta.student.state_dict(),
+        "student": student,
         "teacher": meta.teacher.state_dict(),
         "extra_teachers": extra,
         "terms": meta.terms.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
+        "optimizer": optimizer,
         "monitor": monitor.state_dict(),
         "data": {"next_batch": next_batch, "batch_size": cfg.train.batch_size},
         "rng": rngs,
         "world_size": info.world_size,
         "config": to_dict(cfg),
     }
+
+
+def consolidated(state, main: bool):
+    """`state` (a nested state dict) with each sharded (DTensor) value gathered whole into CPU memory on the
+    main rank; the other ranks take part in the gathers and drop the results. Unsharded values are kept as they
+    are. A collective when there are DTensors: every rank calls it on the same structure."""
+    if isinstance(state, DTensor):
+        full = state.full_tensor()
+        return full.cpu() if main else None
+    if isinstance(state, dict):
+        return {k: consolidated(v, main) for k, v in state.items()}
+    if isinstance(state, list):  # the optimiser's parameter groups
+        return [consolidated(v, main) for v in state]
+    return state
 
 
 def restore_training_state(parts, state: dict) -> str:

@@ -1,9 +1,10 @@
 """`dinokit train`: the self-supervised training loop (DINOv2 recipe; DINOv3 stages are configuration).
 
 Per step: schedules (once) → forward (teacher, student, loss terms; bf16 autocast on GPU) → backward (gradient
-accumulation over micro-batches, all-reduced on the last: `distributed.py`) → per-module clipping → optimiser
-step → `on_step_end(step)` of every teacher → log → evaluation callback → checkpoint. A non-finite step is
-skipped (see `monitor.py`); SIGTERM / Ctrl-C save a checkpoint at the next step boundary and stop.
+accumulation over micro-batches, synchronised on the last; DDP or FSDP: `distributed.py`) → per-module
+clipping → optimiser step → `on_step_end(step)` of every teacher → log → evaluation callback → checkpoint. A
+non-finite step is skipped (see `monitor.py`); SIGTERM / Ctrl-C save a checkpoint at the next step boundary and
+stop.
 
 Where a run starts: its own newest checkpoint (resume), else `init.run` (a stage: an earlier run's models),
 else fresh weights (or `init.backbone`). Teachers hear `on_train_start(step)` once the weights are in place.
@@ -72,7 +73,7 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
     start, next_batch = _restore(cfg, run, parts, monitor, info, resume)
     for teacher in meta.teachers.values():
         teacher.on_train_start(start)
-    D.wrap_student(meta, info)
+    D.wrap_student(meta, parts.optimizer, info, cfg.train.parallel, cfg.train.precision)
     stream = SSLStream(**parts.stream_args, start_batch=next_batch)
     batches = data_iterator(stream, cfg.data.num_workers, pin_memory=info.device.type == "cuda")
     autocast = _autocast(cfg.train.precision, info.device)
@@ -129,7 +130,7 @@ class StepResult:
 
 
 def train_step(meta, optimizer, micro_batches: list, step: int, clip_grad, autocast, device) -> StepResult:
-    """One optimiser step over the micro-batches: forward / backward each (DDP gradient sync on the last),
+    """One optimiser step over the micro-batches: forward / backward each (gradient sync on the last),
     clip, and — unless a loss or gradient is non-finite on some rank — optimiser step and teacher updates."""
     values = meta.schedules(step)
     apply_schedules(optimizer, values)

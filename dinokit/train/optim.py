@@ -7,7 +7,9 @@ No weight decay on biases, norms and LayerScale gammas. The heads' last layers a
 freeze them (LR 0) for the first epoch. Groups with equal multipliers are fused, and the optimiser uses the
 fused / foreach kernels.
 
-Gradient clipping is per sub-module (backbone, each head), max norm 3.0, as released.
+Gradient clipping is per sub-module (backbone, each head), max norm 3.0, as released. With an FSDP-sharded
+student the gradients are DTensors: torch's norm is then a DTensor too, reduced over the ranks and returned as
+a plain tensor (the global norm, the same on every rank).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def param_groups(
@@ -67,4 +70,6 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> 
             norms[name] = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         else:
             norms[name] = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        if isinstance(norms[name], DTensor):  # the shards' partial norms, combined over the ranks
+            norms[name] = norms[name].full_tensor()
     return norms

@@ -4,6 +4,14 @@ schedule (cosine 0.992 → 1 in DINOv2, constant in DINOv3). Always in eval mode
 augmentation), never given gradients. `torch.lerp` keeps m = 1 (teacher unchanged) and m = 0 (teacher =
 student) exact.
 
+With an FSDP-sharded student (`train.parallel=fsdp`) the teacher stays a full, unsharded copy on every rank —
+the simplest design that keeps its forward, its export, the Gram teacher's copies and the checkpoints as in
+one process — and its update reads the student's full parameters: each sharded (DTensor) parameter is
+gathered with `full_tensor()` (in fp32: the sharded parameters are the fp32 masters, whatever the compute
+precision), one at a time so that no second full copy of the model is held, and lerped into the teacher. The
+cost is one all-gather of the student per step, as in the forward pass. The parameter pairs are taken at the
+first update, after the loop has sharded the student.
+
 Its checkpoint state is the copied model's own state dict (`backbone.*`, `dino_head.*`, …), the layout of the
 released training checkpoints' `teacher` entry, which `load_backbone` reads.
 """
@@ -15,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ..model import SSLModel, TeacherOutput
 
@@ -61,7 +70,11 @@ class EMATeacher(nn.Module):
     def update(self, m: float) -> None:
         """`t ← m·t + (1 − m)·s` for every parameter."""
         t, s = self._parameter_pairs()
-        torch._foreach_lerp_(t, s, 1.0 - m)
+        if isinstance(s[0], DTensor):  # sharded student (FSDP): gathered parameter by parameter
+            for teacher_p, student_p in zip(t, s):
+                teacher_p.lerp_(student_p.full_tensor(), 1.0 - m)
+        else:
+            torch._foreach_lerp_(t, s, 1.0 - m)
 
     def on_train_start(self, step: int) -> None:
         pass
