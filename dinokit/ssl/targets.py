@@ -6,7 +6,8 @@
 - `sinkhorn_knopp` (SwAV; DINOv3 and the large DINOv2 configs): `Q = exp(t / τ_t)`, normalised to sum 1,
   then `n` rounds of "each prototype gets total mass 1/K, each sample 1/B", all in float32; the final
   columns are rescaled to sum to 1 per sample. The sums over samples include every rank of an initialised
-  process group, and B is the total number of rows over all ranks.
+  process group (or of the `group` given: DINOv3's multi-student distillation balances within each student's
+  sub-group), and B is the total number of rows over those ranks.
 
 Deviations from the released code, neither of which changes a number where the released code gives one:
 - Sinkhorn subtracts the global maximum logit before `exp` (it cancels in the first normalisation) so large
@@ -28,14 +29,14 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _all_reduce(x: torch.Tensor, op=None) -> torch.Tensor:
+def _all_reduce(x: torch.Tensor, op=None, group=None) -> torch.Tensor:
     if _distributed():
-        dist.all_reduce(x, op=op or dist.ReduceOp.SUM)
+        dist.all_reduce(x, op=op or dist.ReduceOp.SUM, group=group)
     return x
 
 
 @torch.no_grad()
-def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iterations: int = 3) -> torch.Tensor:
+def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iterations: int = 3, group=None) -> torch.Tensor:
     """Balanced soft assignments of N samples to K prototypes: logits `[N, K]` → probabilities `[N, K]`.
 
     Each row of the result sums to 1; over all ranks each prototype receives about the same total mass.
@@ -45,18 +46,18 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iterations: int 
     logits = teacher_logits.float()  # [N, K]
     N, K = logits.shape
     peak = logits.max() if logits.numel() else logits.new_tensor(-torch.inf)
-    peak = _all_reduce(peak.clone(), dist.ReduceOp.MAX if _distributed() else None).clamp_min(-1e30)
+    peak = _all_reduce(peak.clone(), dist.ReduceOp.MAX if _distributed() else None, group).clamp_min(-1e30)
     E = logits.sub(peak).div_(temp).exp_()  # [N, K] = exp(t / τ) up to a factor that cancels below
-    total_rows = _all_reduce(torch.tensor(float(N), device=E.device))
+    total_rows = _all_reduce(torch.tensor(float(N), device=E.device), group=group)
     tiny = torch.finfo(E.dtype).tiny
     r = E.new_ones(N)  # [N] row scaling (the released code's initial division by the total cancels out)
     for it in range(n_iterations):
-        prototype_mass = _all_reduce(r @ E)  # [K] Σ_n r_n E_nk over all ranks
+        prototype_mass = _all_reduce(r @ E, group=group)  # [K] Σ_n r_n E_nk over all ranks
         c = 1.0 / (K * prototype_mass.clamp_min_(tiny))  # each prototype gets mass 1/K
         sample_mass = (E @ c).clamp_min_(tiny)  # [N]
         r = 1.0 / (sample_mass if it == n_iterations - 1 else total_rows * sample_mass)  # 1/B each, ×B at the end
     if n_iterations == 0:
-        c = 1.0 / _all_reduce(E.sum()).clamp_min_(tiny) * total_rows
+        c = 1.0 / _all_reduce(E.sum(), group=group).clamp_min_(tiny) * total_rows
         return E.mul_(c)
     return E.mul_(r.unsqueeze(1)).mul_(c)  # [N, K]
 
@@ -64,9 +65,10 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iterations: int 
 class SoftmaxCentering(nn.Module):
     """Softmax targets with an EMA centre applied one step late (`center` is a buffer, saved in checkpoints)."""
 
-    def __init__(self, dim: int, momentum: float = 0.9) -> None:
+    def __init__(self, dim: int, momentum: float = 0.9, group=None) -> None:
         super().__init__()
         self.momentum = momentum
+        self.group = group  # the ranks whose logits the centre averages (None: all)
         self.register_buffer("center", torch.zeros(1, dim))
 
     @torch.no_grad()
@@ -77,8 +79,8 @@ class SoftmaxCentering(nn.Module):
     @torch.no_grad()
     def update(self, teacher_logits: torch.Tensor) -> None:
         """Fold this batch's mean logit (over all ranks) into the centre; it affects the *next* `probs`."""
-        total = _all_reduce(teacher_logits.float().sum(dim=0, keepdim=True))  # [1, K]
-        count = _all_reduce(torch.tensor(float(teacher_logits.shape[0]), device=total.device))
+        total = _all_reduce(teacher_logits.float().sum(dim=0, keepdim=True), group=self.group)  # [1, K]
+        count = _all_reduce(torch.tensor(float(teacher_logits.shape[0]), device=total.device), group=self.group)
         updated = self.center * self.momentum + total / count.clamp_min(1.0) * (1 - self.momentum)
         # an empty or non-finite batch (a step the loop will skip) leaves the centre as it was
         self.center.copy_(torch.where(torch.isfinite(total).all() & (count > 0), updated, self.center))
@@ -93,19 +95,23 @@ class SoftmaxCentering(nn.Module):
 class SinkhornKnopp(nn.Module):
     """`sinkhorn_knopp` as a target module (stateless)."""
 
-    def __init__(self, n_iterations: int = 3) -> None:
+    def __init__(self, n_iterations: int = 3, group=None) -> None:
         super().__init__()
         self.n_iterations = n_iterations
+        self.group = group  # the ranks whose rows are balanced together (None: all)
 
     def forward(self, teacher_logits: torch.Tensor, temp: float) -> torch.Tensor:
-        return sinkhorn_knopp(teacher_logits, temp, self.n_iterations)
+        return sinkhorn_knopp(teacher_logits, temp, self.n_iterations, self.group)
 
 
-def build_target(kind: str, dim: int, center_momentum: float = 0.9, sinkhorn_iterations: int = 3) -> nn.Module:
-    """The target module named by the config (`teacher.target`): "centering" | "sinkhorn_knopp"."""
+def build_target(
+    kind: str, dim: int, center_momentum: float = 0.9, sinkhorn_iterations: int = 3, group=None
+) -> nn.Module:
+    """The target module named by the config (`teacher.target`): "centering" | "sinkhorn_knopp"; `group`: the
+    process group its sums run over (None: every rank)."""
     table = {
-        "centering": lambda: SoftmaxCentering(dim, center_momentum),
-        "sinkhorn_knopp": lambda: SinkhornKnopp(sinkhorn_iterations),
+        "centering": lambda: SoftmaxCentering(dim, center_momentum, group),
+        "sinkhorn_knopp": lambda: SinkhornKnopp(sinkhorn_iterations, group),
     }
     if kind not in table:
         raise ValueError(f"unknown teacher target {kind!r}; use one of {sorted(table)}")
