@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dinokit.cli import main
-from dinokit.config import load_train_config
+from dinokit.config import ConfigError, load_train_config
 from dinokit.data.multicrop import MultiCrop
 from dinokit.data.stream import SSLStream
 from dinokit.models import load_backbone, save_backbone
@@ -126,6 +126,22 @@ def test_each_stage_resumes_bit_exactly(pretrained, tmp_path, stage):
     _assert_same_run(a, b)
     for name, value in a[0]["extra_teachers"]["gram"].items():
         assert torch.equal(value, b[0]["extra_teachers"]["gram"][name]), name
+
+
+def test_a_frozen_teacher_comes_from_a_run_and_never_changes(pretrained, tmp_path, tiny_cfg):
+    cfg = tiny_cfg("teacher.kind=frozen", f"teacher.checkpoint={pretrained}", "train.steps=2",
+                   f"output_dir={tmp_path / 'distil'}")  # fmt: skip
+    parts = build(cfg, DistInfo())
+    saved = torch.load(checkpoint_files(pretrained / "checkpoints")[-1], weights_only=True)["teacher"]
+    for name, value in parts.meta.teacher.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    run = train(cfg)
+    final = torch.load(checkpoint_files(run / "checkpoints")[-1], weights_only=True)
+    for name, value in final["teacher"].items():
+        assert torch.equal(value, saved[name]), name  # two optimiser steps later, unchanged
+    assert any(not torch.equal(v, final["student"][k]) for k, v in saved.items())  # the student trained
+    with pytest.raises(ConfigError, match="teacher.checkpoint"):
+        tiny_cfg("teacher.kind=frozen").validate()
 
 
 def test_gram_teacher_schedule_counts_copies_from_first_update():
