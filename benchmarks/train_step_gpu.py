@@ -6,9 +6,14 @@ separate DINO / iBOT heads with K = 65536, Sinkhorn-Knopp targets, KoLeo, AdamW,
 Synthetic pixels (no decoding): this measures the training step, not the data loader. About 1–2 minutes on an
 H100 (model build, 3 warm-up steps, 10 timed steps).
 
-    PYTHONPATH=. python benchmarks/train_step_gpu.py            # [--batch 64] [--steps 10] [--compile]
+`--parallel fsdp` shards the student with FSDP2 as `train.parallel=fsdp` does (`distributed.shard_student`) over
+a process group of this one process: on one GPU that measures what FSDP's machinery (per-block all-gathers and
+reduce-scatters, bf16 parameters with fp32 gradient reduction) costs against plain DDP-style training, not
+the memory it saves on several GPUs.
+
+    PYTHONPATH=. python benchmarks/train_step_gpu.py      # [--batch 64] [--steps 10] [--compile] [--parallel fsdp]
     PYTHONPATH=. python benchmarks/train_step_gpu.py --device cpu --backbone dinov3_test --batch 2 --steps 1 \\
-        --global-size 64 --local-size 32                       # a smoke test of the script itself
+        --global-size 64 --local-size 32 [--parallel fsdp]     # a smoke test of the script itself
 
 Prints the median step time, images/s (images of the batch per second, as the released logs count them) and
 the peak GPU memory.
@@ -40,13 +45,14 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone blocks")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp", help="fsdp: FSDP2 over this one process")
     args = p.parse_args()
 
     from dinokit.config import PretrainConfig, load_config
     from dinokit.data.collate import collate_views, make_masks
     from dinokit.data.masking import BlockMaskGenerator
     from dinokit.train.build import build
-    from dinokit.train.distributed import DistInfo
+    from dinokit.train.distributed import DistInfo, shard_student
     from dinokit.train.loop import train_step
 
     device = torch.device(args.device)
@@ -71,6 +77,15 @@ def main() -> None:
     masks = make_masks(G * B, BlockMaskGenerator(grid), random.Random(0), 0.5, (0.1, 0.5))
     batch = collate_views(views, masks).to(device)
     meta, opt = parts.meta, parts.optimizer
+    if args.parallel == "fsdp":
+        import os
+
+        import torch.distributed as dist
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29517")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+        shard_student(meta.student, opt, device, "auto")
     meta.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -86,8 +101,8 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{name}; step times (s): " + ", ".join(f"{t:.3f}" for t in timed))
-    print(f"{args.backbone} B={B} {G}×{args.global_size}+{L}×{args.local_size} K=65536 bf16: {med:.3f} s/step, "
-          f"{B / med:.1f} images/s, peak GPU memory {peak:.1f} GiB")  # fmt: skip
+    print(f"{args.backbone} B={B} {G}×{args.global_size}+{L}×{args.local_size} K=65536 bf16 {args.parallel}: "
+          f"{med:.3f} s/step, {B / med:.1f} images/s, peak GPU memory {peak:.1f} GiB")  # fmt: skip
 
 
 if __name__ == "__main__":
