@@ -31,7 +31,7 @@ from dinokit.train.distributed import DistInfo, gradient_sync, wrap_student
 from dinokit.train.loop import train_step
 from dinokit.train.monitor import HealthMonitor
 
-from .test_ddp import OVERRIDES, TINY_CPU, config, merge
+from .test_ddp import OVERRIDES, TINY_CPU, _train_worker, config, merge
 
 STEPS = 2
 TARGET = "sinkhorn_knopp"  # sums over the ranks: the cross-rank path of the targets
@@ -162,17 +162,6 @@ def test_fsdp_equals_ddp_and_one_process_and_checkpoints_cross_world_sizes(image
                                resume_from=tmp_path / "fsdp_checkpoints" / "step_00000001.pt")  # fmt: skip
     for key in ("student", "teacher"):
         assert max_difference(from_two_ranks[key], single[key]) < 1e-5, key
-
-
-def _train_worker(rank: int, port: int, overrides: list[str]) -> None:
-    from dinokit.train import distributed as D
-    from dinokit.train.loop import train
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))  # what torchrun sets  # fmt: skip
-    torch.set_num_threads(1)
-    train(load_config(PretrainConfig, TINY_CPU, overrides))
-    D.shutdown()
 
 
 def test_a_two_rank_fsdp_run_with_accumulation_and_gram_resumes_on_one_process(image_folder, tmp_path):

@@ -12,8 +12,7 @@ precision), one at a time so that no second full copy of the model is held, and 
 cost is one all-gather of the student per step, as in the forward pass. The parameter pairs are taken at the
 first update, after the loop has sharded the student.
 
-Its checkpoint state is the copied model's own state dict (`backbone.*`, `dino_head.*`, …), the layout of the
-released training checkpoints' `teacher` entry, which `load_backbone` reads.
+Forward, eval mode and checkpoint state are `ModelTeacher`'s.
 """
 
 from __future__ import annotations
@@ -22,16 +21,15 @@ import copy
 from collections.abc import Callable
 
 import torch
-from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ..model import SSLModel, TeacherOutput
+from ..model import SSLModel
+from .model_teacher import ModelTeacher
 
 
-class EMATeacher(nn.Module):
+class EMATeacher(ModelTeacher):
     def __init__(self, student: SSLModel, momentum: Callable[[int], float]) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(student).requires_grad_(False).eval()
+        super().__init__(copy.deepcopy(student))
         self.momentum = momentum
         self._student = [student]  # a plain list: the student is not a sub-module of the teacher
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -39,23 +37,6 @@ class EMATeacher(nn.Module):
     @classmethod
     def build(cls, cfg, ctx) -> EMATeacher:
         return cls(ctx.student, ctx.momentum)
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.model.backbone
-
-    def train(self, mode: bool = True) -> EMATeacher:
-        return super().train(False)  # the teacher is always in eval mode
-
-    @torch.no_grad()
-    def forward(self, batch) -> TeacherOutput:
-        return self.model.teacher_forward(batch)
-
-    def state_dict(self, *args, **kwargs) -> dict:
-        return self.model.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
-        return self.model.load_state_dict(state, strict=strict, assign=assign)
 
     def _parameter_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if self._pairs is None:
@@ -75,9 +56,6 @@ class EMATeacher(nn.Module):
                 teacher_p.lerp_(student_p.full_tensor(), 1.0 - m)
         else:
             torch._foreach_lerp_(t, s, 1.0 - m)
-
-    def on_train_start(self, step: int) -> None:
-        pass
 
     def on_step_end(self, step: int) -> None:
         self.update(self.momentum(step))
