@@ -248,9 +248,13 @@ class PretrainConfig:
         else:
             p = vit.patch_size
             sizes = {"crops.global_size": self.crops.global_size, "crops.local_size": self.crops.local_size}
+            if self.gram is not None and self.gram.teacher_crop_size is not None:
+                sizes["gram.teacher_crop_size"] = self.gram.teacher_crop_size
             for i, r in enumerate(self.crops.resolutions):
                 sizes.update({f"crops.resolutions[{i}].global_size": r.global_size,
                               f"crops.resolutions[{i}].local_size": r.local_size})  # fmt: skip
+                if r.gram_size is not None:
+                    sizes[f"crops.resolutions[{i}].gram_size"] = r.gram_size
             for name, size in sizes.items():
                 if size < p:
                     problems.append(f"{name}={size} is smaller than one {p}×{p} patch of {self.model.backbone}")
@@ -319,8 +323,8 @@ class PretrainConfig:
         if self.gram is not None:
             out += self.gram.problems()
         for i, r in enumerate(self.crops.resolutions):
-            if r.ratio <= 0 or (r.gram_size is not None and r.gram_size < 1):
-                out.append(f"crops.resolutions[{i}]: ratio must be > 0 and gram_size >= 1")
+            if r.ratio <= 0:
+                out.append(f"crops.resolutions[{i}].ratio must be > 0, got {r.ratio}")
         if self.init.run is not None and self.init.backbone is not None:
             out.append("init.run and init.backbone are exclusive (a run already holds the backbone)")
         return out

@@ -8,8 +8,8 @@ ranks, their samples are), and read member by member.
 
 Determinism. Batch `b` of a rank is a pure function of (seed, rank, world size, b): every sample's crops come
 from a random generator seeded by its stream position and the masks of a batch from one seeded by `b`. With
-several `resolutions` (the high-resolution stage), batch `b`'s crop sizes are drawn by their ratios from a
-generator seeded by (seed, b) alone, so the ranks of one step agree. So the
+several `resolutions` (the high-resolution stage), the crop sizes are drawn by their ratios once per optimiser
+step, from a generator seeded by (seed, step) alone, so the ranks and the micro-batches of a step agree. So the
 result does not depend on the number of data workers (worker w of W produces batches b ≡ w mod W, which the
 DataLoader interleaves back into order) and a resumed run continues with exactly the batches an uninterrupted
 one would have seen: `start_batch` is the index of the next unseen batch.
@@ -139,20 +139,22 @@ class SSLStream(IterableDataset):
         world_size: int = 1,
         start_batch: int = 0,
         patch_size: int = 16,
-        sizes: Sequence[CropSizes] = (),  # one is drawn per batch; () : the sizes of `views`, no extra sets
+        sizes: Sequence[CropSizes] = (),  # one is drawn per step; (): the sizes of `views`, no extra sets
+        micro_batches: int = 1,  # batches per optimiser step (gradient accumulation): they share their sizes
     ) -> None:
         self.source, self.views, self.masks, self.masking = source, views, masks, masking
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
-        self.start_batch, self.patch_size = start_batch, patch_size
+        self.start_batch, self.patch_size, self.micro_batches = start_batch, patch_size, micro_batches
         self.sizes = list(sizes) or [CropSizes(views.global_size, views.local_size)]
         self._mask_generators: dict[tuple[int, int], BlockMaskGenerator] = {}
         self._logged: set[str] = set()
 
     def sizes_of(self, b: int) -> CropSizes:
-        """The crop sizes of batch `b` (the same on every rank)."""
+        """The crop sizes of batch `b`: those drawn for its optimiser step (the same on every rank)."""
         if len(self.sizes) == 1:
             return self.sizes[0]
-        return random.Random(f"{self.seed}:sizes:{b}").choices(self.sizes, [s.ratio for s in self.sizes])[0]
+        step = b // self.micro_batches
+        return random.Random(f"{self.seed}:sizes:{step}").choices(self.sizes, [s.ratio for s in self.sizes])[0]
 
     def _mask_generator(self, global_size: int) -> BlockMaskGenerator | None:
         if self.masks is None:

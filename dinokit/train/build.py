@@ -154,6 +154,7 @@ def build(cfg: PretrainConfig, dist_info: D.DistInfo) -> Parts:
         world_size=dist_info.world_size,
         patch_size=backbone.patch_size,
         sizes=crop_sizes(cfg),
+        micro_batches=cfg.train.grad_accumulation,
     )
     n_params = sum(p.numel() for p in student.parameters())
     log.info(

@@ -227,6 +227,8 @@ def test_resolutions_are_drawn_per_batch_with_masks_on_their_grid(pretrained, tm
     drawn = [streams[0].sizes_of(b).global_size for b in range(40)]
     assert set(drawn) == {96, 128} and 0.4 < drawn.count(96) / 40 < 0.85  # ratios 0.6 / 0.4
     assert drawn == [streams[1].sizes_of(b).global_size for b in range(40)]  # the same on every rank
+    accumulating = SSLStream(**{**parts.stream_args, "micro_batches": 2})
+    assert all(accumulating.sizes_of(2 * s) == accumulating.sizes_of(2 * s + 1) for s in range(20))  # per step
     for b in (drawn.index(96), drawn.index(128)):
         batch = streams[0].batch(b)
         g = batch.global_crops.shape[-1]
@@ -242,6 +244,9 @@ def test_recipes_by_name_and_print_config(capsys, tmp_path):
     assert "path: x" in printed
     assert main(["train", "no_such_recipe"]) == 2
     assert "stages/gram" in capsys.readouterr().err  # the message lists the recipes
+    with pytest.raises(ConfigError, match=r"gram.teacher_crop_size=100 is not a multiple of the patch size 14"):
+        load_train_config("stages/gram", ["data.path=x", "model.backbone=dinov2_vits14", "crops.global_size=98",
+                                          "crops.local_size=42", "gram.teacher_crop_size=100"]).validate()  # fmt: skip
     for name in ("tiny_cpu", "dinov3_vits16", "dinov3_vitl16", "dinov3_vit7b16", "stages/gram", "stages/highres"):
         cfg = load_train_config(name, ["data.path=x"] + (["model.backbone=dinov3_vits16"] if "stages" in name else []))
         cfg.validate()
