@@ -32,6 +32,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -111,7 +113,8 @@ def subgroup(size: int):
     world = dist.get_world_size()
     size = min(size, world)
     if world % size:
-        raise ValueError(f"a group size of {size} ranks does not divide the {world} ranks of this run")
+        raise ConfigError(f"losses.koleo.group_size={size} does not divide the {world} ranks of this run; choose a "
+                          f"divisor of {world}")  # fmt: skip
     group, _ = dist.new_subgroups(size)
     return group
 
