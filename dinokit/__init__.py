@@ -6,6 +6,8 @@ The public API is re-exported here; see README.md for a tour.
 from .models import (
     BackboneOutput,
     CheckpointError,
+    ConvNeXt,
+    ConvNeXtConfig,
     VisionTransformer,
     ViTConfig,
     create_backbone,
@@ -24,6 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneOutput",
     "CheckpointError",
+    "ConvNeXt",
+    "ConvNeXtConfig",
     "ViTConfig",
     "VisionTransformer",
     "create_backbone",

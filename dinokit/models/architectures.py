@@ -1,15 +1,19 @@
 """The backbone kinds dinokit can build and train, as one table, and the protocol the trainer relies on.
 
-`ARCHITECTURES` maps a kind ("vit"; DINOv3's ConvNeXt students are the next row) to its config class, its
-module class and its presets. `create_backbone` and `dinokit train` find a preset's kind here, so a new kind
-of backbone is one module and one row.
+`ARCHITECTURES` maps a kind ("vit"; "convnext" for DINOv3's distilled ConvNeXts) to its config class, its
+module class and its presets. `create_backbone` and `dinokit train` find a preset's kind here, and the checkpoint
+code rebuilds a config from the kind it stored (`config.kind`, a class attribute of each config class), so a new
+kind of backbone is one module and one row.
 
 What training needs from a backbone beyond `forward_features(x, masks=None) → BackboneOutput` and
 `embed_dim` / `patch_size` (`TrainableBackbone`):
 - `layer_id(parameter_name)` and `num_layers`: the depth of a parameter for layer-wise learning-rate decay
   (0 for the embeddings, `num_layers − 1` for what follows the last block);
 - `set_activation_checkpointing(enabled)`: recompute each block's activations in the backward pass;
-- `fsdp_units()`: the sub-modules that FSDP shards one by one (the blocks).
+- `fsdp_units()`: the sub-modules that FSDP shards one by one (the blocks; a ConvNeXt adds its downsampling layers).
+
+A ConvNeXt also differs where the trainer looks: it has no registers, its `patch_size` is its stride (32), and it
+refuses iBOT masks (it is trained only as a distillation student, on unmasked crops).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .config import ViTConfig
+from .convnext import CONVNEXT_PRESETS, ConvNeXt, ConvNeXtConfig
 from .presets import PRESETS
 from .vit import VisionTransformer
 
@@ -49,6 +54,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "vit": Architecture(ViTConfig, VisionTransformer, PRESETS),
+    "convnext": Architecture(ConvNeXtConfig, ConvNeXt, CONVNEXT_PRESETS),
 }
 
 

@@ -19,6 +19,8 @@ GENERATIONS = ("dinov2", "dinov3")
 
 @dataclass(frozen=True)
 class ViTConfig:
+    kind = "vit"  # class attribute, not a field: tells configs of different backbone kinds apart
+
     generation: str = "dinov3"  # "dinov2" | "dinov3": checkpoint naming, licence, preprocessing
     patch_size: int = 16
     in_chans: int = 3

@@ -1,8 +1,8 @@
 """Conversion between dinokit state dicts and Hugging Face transformers' DINOv2 / DINOv3 layouts.
 
-Covers `Dinov2Model`, `Dinov2WithRegistersModel` and `DINOv3ViTModel`. Written files use the layout of the
-models published on the Hub (`attention.attention.query`, `mlp.weights_in`, `layer.{i}` …), which every
-transformers release reads (v5 renames it on load); reading accepts that layout and transformers v5's
+Covers `Dinov2Model`, `Dinov2WithRegistersModel`, `DINOv3ViTModel` and `DINOv3ConvNextModel`. Written files
+use the layout of the models published on the Hub (`attention.attention.query`, `mlp.weights_in`, `layer.{i}` …),
+which every transformers release reads (v5 renames it on load); reading accepts that layout and transformers v5's
 in-memory one (`q_proj`, `gate_proj`/`up_proj`, `model.layer.{i}` …).
 
 Differences the conversion bridges:
@@ -10,6 +10,10 @@ Differences the conversion bridges:
 - DINOv2 ViT-g's packed `w12` is HF's `weights_in` (v5: `gate_proj` ‖ `up_proj`).
 - HF has no RoPE `periods` buffer; it is rebuilt from `rope_theta` with the released formula.
 - HF's DINOv3 has no untied `cls_norm`; `local_cls_norm` (training only) is dropped on export.
+- ConvNeXt: HF nests each downsampling layer in its stage (`stages.{s}.downsample_layers.{k}` ↔ released
+  `downsample_layers.{s}.{k}`, same order inside), renames the block's layers (`depthwise_conv`, `layer_norm`,
+  `pointwise_conv1/2` ↔ `dwconv`, `norm`, `pwconv1/2`) and the final norm (`layer_norm` ↔ `norm`); transformers v5
+  holds the stages under `model.` in memory. HF always has γ, so a model without one cannot be exported.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from .config import ViTConfig
+from .convnext import N_STAGES, ConvNeXtConfig
 from .layers.mlp import swiglu_hidden_dim
 
 Tensor = torch.Tensor
@@ -40,7 +46,8 @@ def released_head_dim(width: int) -> int:
 
 
 def is_hf_state_dict(sd: dict[str, Tensor]) -> bool:
-    return any(k.startswith(("embeddings.", *(p + "embeddings." for p in _PREFIXES))) for k in sd)
+    vit_prefixes = ("embeddings.", *(p + "embeddings." for p in _PREFIXES))
+    return any(k.startswith(vit_prefixes) for k in sd) or _is_hf_convnext(sd)
 
 
 def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -60,6 +67,8 @@ def hf_to_dinokit(sd: dict[str, Tensor], hf_config: dict[str, Any] | None = None
     """An HF DINOv2/DINOv3 state dict (+ its config.json, if any) → (dinokit state dict, ViTConfig or None).
 
     The config is None when `hf_config` is missing; `weights.infer_config` then reads the shapes."""
+    if _is_hf_convnext(sd):
+        return _hf_convnext_to_dinokit(sd, hf_config)
     sd = _strip_prefix(sd)
     is_v3 = "embeddings.patch_embeddings.weight" in sd
     return (_hf_v3_to_dinokit if is_v3 else _hf_v2_to_dinokit)(sd, hf_config)
@@ -214,8 +223,10 @@ def _periods(base: float, head_dim: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ dinokit → HF
-def dinokit_to_hf(sd: dict[str, Tensor], config: ViTConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def dinokit_to_hf(sd: dict[str, Tensor], config: ViTConfig | ConvNeXtConfig) -> tuple[dict[str, Tensor], dict]:
     """A dinokit state dict → (Hub-layout HF state dict, HF config.json dict)."""
+    if config.kind == "convnext":
+        return _dinokit_convnext_to_hf(sd, config)
     if config.cls_norm:
         raise ValueError("HF transformers' DINOv3 has no untied CLS norm; this model cannot be exported to it")
     if (config.pos_embed == "learned") != (config.generation == "dinov2"):
@@ -342,6 +353,89 @@ def _dinokit_to_hf_v3(sd, c: ViTConfig):
         "pos_embed_shift": c.rope_shift,
         "pos_embed_jitter": c.rope_jitter,
         "pos_embed_rescale": c.rope_rescale,
+        "torch_dtype": "float32",
+    }
+    return out, hf_config
+
+
+# --------------------------------------------------------------------------------------------- ConvNeXt
+_HF_CONVNEXT_STAGE = re.compile(r"^(?:model\.)?stages\.(\d+)\.(downsample_layers|layers)\.(.+)$")
+_CONVNEXT_BLOCK = {  # HF name in a block → released name
+    "depthwise_conv": "dwconv",
+    "layer_norm": "norm",
+    "pointwise_conv1": "pwconv1",
+    "pointwise_conv2": "pwconv2",
+    "gamma": "gamma",
+}
+
+
+def _is_hf_convnext(sd: dict[str, Tensor]) -> bool:
+    # the released layout has `stages.{s}.{j}.…` (a block index after the stage), HF a named sub-module
+    return any(_HF_CONVNEXT_STAGE.match(k) for k in sd)
+
+
+def _hf_convnext_to_dinokit(sd: dict[str, Tensor], hf_config: dict[str, Any] | None):
+    """An HF `DINOv3ConvNextModel` state dict (Hub or v5 in-memory names) → (dinokit state dict, config or None).
+    Keys it does not know are kept under their own names, so the strict load names them."""
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if m := _HF_CONVNEXT_STAGE.match(k):
+            s, kind, rest = m.groups()
+            if kind == "downsample_layers":  # `{k}.weight`: the same order inside as released
+                out[f"downsample_layers.{s}.{rest}"] = v
+            else:  # `{j}.{layer}.{weight,bias}` or `{j}.gamma`
+                j, layer, *tail = rest.split(".")
+                out[".".join([f"stages.{s}.{j}", _CONVNEXT_BLOCK.get(layer, layer), *tail])] = v
+        elif k.removeprefix("model.").startswith("layer_norm."):
+            out["norm." + k.removeprefix("model.")[len("layer_norm.") :]] = v
+        else:
+            out[k] = v
+    config = None
+    if hf_config is not None:
+        c = hf_config
+        if c.get("hidden_act", "gelu") != "gelu":
+            act = c["hidden_act"]
+            raise ConfigError(f"this HF ConvNeXt uses activation {act!r}; dinokit's ConvNeXt has exact GELU only")
+        gamma = float(c.get("layer_scale_init_value", 1e-6))
+        config = ConvNeXtConfig(
+            generation="dinov3",
+            in_chans=int(c.get("num_channels", 3)),
+            depths=[int(d) for d in c.get("depths", (3, 3, 9, 3))],
+            dims=[int(d) for d in c.get("hidden_sizes", (96, 192, 384, 768))],
+            drop_path_rate=float(c.get("drop_path_rate", 0.0)),
+            layerscale_init=gamma if gamma > 0 else 1e-6,  # HF always has γ, whatever its initial value
+            norm_eps=float(c.get("layer_norm_eps", 1e-6)),
+        )
+    return out, config
+
+
+def _dinokit_convnext_to_hf(sd: dict[str, Tensor], c: ConvNeXtConfig):
+    if not c.has_layerscale:
+        raise ValueError("HF transformers' DINOv3ConvNext always has LayerScale γ; this ConvNeXt has none")
+    out = {"layer_norm.weight": sd["norm.weight"], "layer_norm.bias": sd["norm.bias"]}
+    for s in range(N_STAGES):
+        for k in (0, 1):
+            for suffix in ("weight", "bias"):
+                out[f"stages.{s}.downsample_layers.{k}.{suffix}"] = sd[f"downsample_layers.{s}.{k}.{suffix}"]
+        for j in range(c.depths[s]):
+            b, h = f"stages.{s}.{j}.", f"stages.{s}.layers.{j}."
+            out[h + "gamma"] = sd[b + "gamma"]
+            for theirs, ours in _CONVNEXT_BLOCK.items():
+                if theirs != "gamma":
+                    out[h + f"{theirs}.weight"] = sd[b + f"{ours}.weight"]
+                    out[h + f"{theirs}.bias"] = sd[b + f"{ours}.bias"]
+    hf_config = {
+        "model_type": "dinov3_convnext",
+        "architectures": ["DINOv3ConvNextModel"],
+        "num_channels": c.in_chans,
+        "hidden_sizes": list(c.dims),
+        "depths": list(c.depths),
+        "hidden_act": "gelu",
+        "initializer_range": 0.02,
+        "layer_norm_eps": c.norm_eps,
+        "layer_scale_init_value": c.layerscale_init,
+        "drop_path_rate": c.drop_path_rate,
+        "image_size": 224,
         "torch_dtype": "float32",
     }
     return out, hf_config

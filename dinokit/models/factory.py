@@ -1,4 +1,8 @@
-"""The public entry points for backbones: create from a preset, load any checkpoint, save in any format."""
+"""The public entry points for backbones: create from a preset, load any checkpoint, save in any format.
+
+Every backbone kind of `architectures.ARCHITECTURES` (ViTs, DINOv3 ConvNeXts) goes through the same functions; the
+config's `kind` picks the module class.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from ..atomic import atomic_write, atomic_write_text
-from .architectures import architecture_of
-from .config import ViTConfig
+from .architectures import ARCHITECTURES, architecture_of
 from .convert_hf import dinokit_to_hf
-from .presets import preset_config
-from .vit import VisionTransformer
-from .weights import StateDict, check_state_dict, dinokit_to_official, infer_config, read_checkpoint
+from .weights import BackboneConfig, StateDict, check_state_dict, dinokit_to_official, infer_config, read_checkpoint
 
 
 def create_backbone(name: str, weights: str | os.PathLike | StateDict | None = None, **overrides: Any):
@@ -34,15 +36,17 @@ def load_backbone(
     preset: str | None = None,
     dtype: torch.dtype = torch.float32,
     **overrides: Any,
-) -> VisionTransformer:
+) -> nn.Module:
     """Load a backbone, inferring its architecture from the weights unless a `preset` is named.
 
     `source`: a released `.pth` (or training checkpoint), a dinokit folder or `.safetensors` file, an HF model
     folder, an explicit http(s) URL, or a state dict. Loading is strict; overrides change config fields
-    that do not affect the weights (e.g. `drop_path_rate=0.1`). Floating-point tensors are cast to `dtype`."""
+    that do not affect the weights (e.g. `drop_path_rate=0.1`). Floating-point tensors are cast to `dtype`.
+    Returns a `VisionTransformer` or a `ConvNeXt`, whichever the checkpoint holds."""
     sd, stored, info = read_checkpoint(source)
     if preset is not None:
-        config = preset_config(preset)
+        arch = architecture_of(preset)
+        config = arch.config(**arch.presets[preset])
     elif stored is not None:
         config = stored
     else:
@@ -52,9 +56,9 @@ def load_backbone(
     return _build(config.replace(**overrides), sd, dtype=dtype)
 
 
-def _build(config: ViTConfig, sd: StateDict, dtype: torch.dtype) -> VisionTransformer:
+def _build(config: BackboneConfig, sd: StateDict, dtype: torch.dtype) -> nn.Module:
     with torch.device("meta"):
-        model = VisionTransformer(config)
+        model = ARCHITECTURES[config.kind].model(config)
     check_state_dict(model.state_dict(), sd)
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     if "rope_embed.periods" in sd:
@@ -65,22 +69,22 @@ def _build(config: ViTConfig, sd: StateDict, dtype: torch.dtype) -> VisionTransf
 
 # ------------------------------------------------------------------------------------------------ saving
 def save_backbone(
-    model: VisionTransformer, path: str | os.PathLike, format: Literal["dinokit", "official", "hf"] = "dinokit"
+    model: nn.Module, path: str | os.PathLike, format: Literal["dinokit", "official", "hf"] = "dinokit"
 ) -> Path:
     """Write `model` as a dinokit folder (or `.safetensors` file), a released-layout `.pth`, or an HF folder.
 
-    Every file is written atomically (temporary file, then rename)."""
+    Every file is written atomically (temporary file, then rename). dinokit files record the backbone's kind."""
     path = Path(path)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    config: ViTConfig = model.config
+    config: BackboneConfig = model.config
     if format == "dinokit":
-        meta = {"format": "dinokit", "version": "1", "backbone": json.dumps(config.to_dict())}
+        meta = {"format": "dinokit", "version": "1", "kind": config.kind, "backbone": json.dumps(config.to_dict())}
         if path.suffix == ".safetensors":
             atomic_write(path, lambda tmp: _save_safetensors(sd, tmp, meta))
         else:
             path.mkdir(parents=True, exist_ok=True)
             atomic_write(path / "model.safetensors", lambda tmp: _save_safetensors(sd, tmp, None))
-            cfg = {"format": "dinokit", "version": 1, "backbone": config.to_dict()}
+            cfg = {"format": "dinokit", "version": 1, "kind": config.kind, "backbone": config.to_dict()}
             atomic_write_text(path / "config.json", json.dumps(cfg, indent=2))
     elif format == "official":
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,9 +105,9 @@ def _save_safetensors(sd: StateDict, path: Path, metadata: dict[str, str] | None
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=metadata)
 
 
-def backbone_from_spec(spec: str, seed: int = 0, **overrides: Any) -> VisionTransformer:
+def backbone_from_spec(spec: str, seed: int = 0, **overrides: Any) -> nn.Module:
     """The command lines' `--backbone`: a checkpoint source, or `random:<preset>` for a randomly initialised
-    model (seeded by `seed`), e.g. `random:dinov3_vits16`."""
+    model (seeded by `seed`), e.g. `random:dinov3_vits16` or `random:dinov3_convnext_tiny`."""
     if spec.startswith("random:"):
         torch.manual_seed(seed)
         return create_backbone(spec.split(":", 1)[1], **overrides).eval()

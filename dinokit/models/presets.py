@@ -1,5 +1,7 @@
 """One table: preset name → `ViTConfig`, for every released model plus small sizes for CPU work and tests.
 
+(The DINOv3 ConvNeXt sizes are the table `CONVNEXT_PRESETS` in `convnext.py`; `match_preset` names both kinds.)
+
 The released values are those of the official hub constructors (DINOv2: 518 px learned position grid,
 LayerNorm eps 1e-6; DINOv3: RoPE base 100 with train-time rescale 2, eps 1e-5, key-bias mask, 4 registers).
 """
@@ -10,6 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .config import ViTConfig
+from .convnext import ConvNeXtConfig, match_convnext_preset
 
 _V2 = dict(generation="dinov2", patch_size=14, pos_embed="learned", pos_grid=37, norm_eps=1e-6)
 _V2_LEGACY = dict(_V2, num_registers=0, pos_interpolation="legacy")
@@ -74,8 +77,10 @@ def preset_config(name: str, **overrides: Any) -> ViTConfig:
     return ViTConfig(**PRESETS[name]).replace(**overrides)
 
 
-def match_preset(config: ViTConfig) -> str | None:
+def match_preset(config: ViTConfig | ConvNeXtConfig) -> str | None:
     """The released preset with exactly this architecture (ignoring training-only options), if any."""
+    if config.kind == "convnext":  # ConvNeXt sizes live in their own table (convnext.py)
+        return match_convnext_preset(config)
     ignored = dict(  # training-only options, notes, and the FFN width's derivation (the exact width decides)
         drop_path_rate=0.0, drop_path_uniform=True, rope_shift=None, rope_jitter=None, rope_rescale=None, extra={},
         ffn_ratio=4.0, swiglu_align=8,

@@ -8,9 +8,14 @@ Supported sources (never fetched from the network unless the user passes an http
 - dinokit files: a folder with `config.json` + `model.safetensors`, or one `.safetensors` file whose
   metadata holds the config;
 - Hugging Face model folders (`config.json` + `model.safetensors` / `pytorch_model.bin`, sharded or not).
+- released DINOv3 ConvNeXt `.pth` files (`downsample_layers.{i}.…`, `stages.{s}.{j}.…`, `norm.*` and its copy
+  `norms.3.*`) and any of the wrappers above around them.
 
 dinokit's own parameter names are the released DINOv2 names plus the DINOv3 buffers; the only renaming for
-the released DINOv3 layout is `storage_tokens` ↔ `register_tokens`.
+the released DINOv3 layout is `storage_tokens` ↔ `register_tokens`. A ConvNeXt keeps the released names; its
+final norm is stored once (`norm.*`): the released copy `norms.3.*` is dropped on reading when it equals
+`norm.*` (refused when it differs) and written back for the released layout. A dinokit file records its
+backbone kind (`"kind"`, "vit" when absent) next to the config.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
+from .architectures import ARCHITECTURES
 from .config import ViTConfig
 from .convert_hf import hf_to_dinokit, is_hf_state_dict, released_head_dim
+from .convnext import N_STAGES, ConvNeXt, ConvNeXtConfig
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
+BackboneConfig = ViTConfig | ConvNeXtConfig
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SATELLITE_MEAN, SATELLITE_STD = (0.430, 0.411, 0.296), (0.213, 0.156, 0.143)
@@ -41,7 +49,7 @@ class CheckpointError(UserError, ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def read_checkpoint(source: str | os.PathLike | StateDict) -> tuple[StateDict, ViTConfig | None, dict]:
+def read_checkpoint(source: str | os.PathLike | StateDict) -> tuple[StateDict, BackboneConfig | None, dict]:
     """Read a source into (dinokit-named backbone state dict, stored config or None, info).
 
     `info` holds `format` ("dinokit" | "official" | "hf" | "state_dict") and, for files, `path`."""
@@ -61,7 +69,7 @@ def read_checkpoint(source: str | os.PathLike | StateDict) -> tuple[StateDict, V
     return official_to_dinokit(sd), None, info
 
 
-def _read_path(path: str) -> tuple[StateDict, ViTConfig | None, dict]:
+def _read_path(path: str) -> tuple[StateDict, BackboneConfig | None, dict]:
     if path.startswith(("http://", "https://")):
         sd = torch.hub.load_state_dict_from_url(path, map_location="cpu", weights_only=True)
         return sd, None, {"format": "state_dict", "path": path}
@@ -80,7 +88,8 @@ def _read_path(path: str) -> tuple[StateDict, ViTConfig | None, dict]:
         except Exception as e:  # safetensors raises its own error type for a damaged or truncated file
             raise CheckpointError(f"could not read {p} as a safetensors file ({e})") from None
         if meta.get("format") == "dinokit":
-            return sd, ViTConfig.from_dict(json.loads(meta["backbone"])), {"format": "dinokit", "path": str(p)}
+            config = stored_config(meta.get("kind", "vit"), json.loads(meta["backbone"]), p)
+            return sd, config, {"format": "dinokit", "path": str(p)}
         return sd, None, {"format": "state_dict", "path": str(p)}
     return _torch_load(p), None, {"format": "state_dict", "path": str(p)}
 
@@ -103,7 +112,7 @@ def _torch_load(p: Path) -> Any:
         ) from None
 
 
-def _read_folder(p: Path) -> tuple[StateDict, ViTConfig | None, dict]:
+def _read_folder(p: Path) -> tuple[StateDict, BackboneConfig | None, dict]:
     cfg_path = p / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{p} is a folder without config.json (expected a dinokit or HF model folder)")
@@ -111,13 +120,21 @@ def _read_folder(p: Path) -> tuple[StateDict, ViTConfig | None, dict]:
     if cfg.get("format") == "dinokit":
         from safetensors.torch import load_file
 
-        return load_file(str(p / "model.safetensors")), ViTConfig.from_dict(cfg["backbone"]), {
-            "format": "dinokit",
-            "path": str(p),
-        }
+        config = stored_config(cfg.get("kind", "vit"), cfg["backbone"], cfg_path)
+        return load_file(str(p / "model.safetensors")), config, {"format": "dinokit", "path": str(p)}
     if "model_type" not in cfg:
         raise CheckpointError(f"{cfg_path} is neither a dinokit nor a Hugging Face config")
     return _read_hf_weights(p), None, {"format": "hf", "path": str(p), "hf_config": cfg}
+
+
+def stored_config(kind: str, fields: dict[str, Any], where: Path) -> BackboneConfig:
+    """The config a dinokit file stored, rebuilt with the config class of its backbone kind."""
+    if kind not in ARCHITECTURES:
+        raise CheckpointError(f"{where} holds a backbone of unknown kind {kind!r} (known: {sorted(ARCHITECTURES)})")
+    try:
+        return ARCHITECTURES[kind].config.from_dict(fields)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: the stored {kind} config is invalid ({e})") from None
 
 
 def _read_hf_weights(p: Path) -> StateDict:
@@ -157,23 +174,40 @@ def _unwrap_training_checkpoint(sd: dict) -> StateDict:
 
 # ------------------------------------------------------------------------------------------------ naming
 def official_to_dinokit(sd: StateDict) -> StateDict:
-    return {("register_tokens" if k == "storage_tokens" else k): v for k, v in sd.items()}
+    sd = {("register_tokens" if k == "storage_tokens" else k): v for k, v in sd.items()}
+    for suffix in ("weight", "bias"):  # a released ConvNeXt lists its final norm twice: keep one, if they agree
+        copy, final = f"norms.{N_STAGES - 1}.{suffix}", f"norm.{suffix}"
+        if copy in sd and final in sd:
+            a, b = sd[copy], sd[final]
+            same = a is b or (a.shape == b.shape and (a.is_meta or b.is_meta or torch.equal(a, b)))  # meta: no values
+            if not same:
+                raise CheckpointError(
+                    f"this ConvNeXt checkpoint holds two different final norms: {copy} differs from {final} (in "
+                    "released files both name the same LayerNorm); the file was edited or assembled wrongly"
+                )
+            del sd[copy]
+    return sd
 
 
-def dinokit_to_official(sd: StateDict, config: ViTConfig) -> StateDict:
-    """dinokit names → the released layout of the model's generation."""
+def dinokit_to_official(sd: StateDict, config: BackboneConfig) -> StateDict:
+    """dinokit names → the released layout of the model's generation (and kind)."""
+    if config.kind == "convnext":  # the released module registers its final norm a second time, as `norms.3`
+        last = N_STAGES - 1
+        return dict(sd) | {f"norms.{last}.{k}": sd[f"norm.{k}"] for k in ("weight", "bias")}
     if config.generation == "dinov3":
         return {("storage_tokens" if k == "register_tokens" else k): v for k, v in sd.items()}
     return dict(sd)
 
 
 # ---------------------------------------------------------------------------------------------- inference
-def infer_config(sd: StateDict, source_name: str = "") -> ViTConfig:
+def infer_config(sd: StateDict, source_name: str = "") -> BackboneConfig:
     """Rebuild the architecture from a dinokit-named state dict's keys and shapes.
 
     What shapes cannot tell comes from the generation: DINOv2 uses head dim 64 and LayerNorm eps 1e-6,
     DINOv3 eps 1e-5 and a head dim read from `rope_embed.periods` (d/4 entries). The normalisation constants
-    are the satellite ones when the file name says `sat493m`."""
+    are the satellite ones when the file name says `sat493m`. ConvNeXts: see `infer_convnext_config`."""
+    if any(k.startswith(("downsample_layers.", "stages.")) for k in sd):
+        return infer_convnext_config(sd, source_name)
     required = ("cls_token", "patch_embed.proj.weight", "norm.weight", "blocks.0.norm1.weight")
     missing = [k for k in required if k not in sd]
     if missing:
@@ -226,6 +260,40 @@ def infer_config(sd: StateDict, source_name: str = "") -> ViTConfig:
     if "sat493m" in source_name.lower():
         kw["extra"] = {"mean": list(SATELLITE_MEAN), "std": list(SATELLITE_STD)}
     return ViTConfig(**kw)
+
+
+def infer_convnext_config(sd: StateDict, source_name: str = "") -> ConvNeXtConfig:
+    """A ConvNeXt's architecture from its tensors, for any sizes: the input channels and `dims` from the stem and
+    downsampling convolutions, `depths` from the block indices of each stage, γ from its presence; the norm eps
+    is the released 1e-6. The state dict is then checked against that architecture (strict, every problem
+    named), so a file with a missing or stray tensor is refused here already, not only when loaded."""
+    convs = ["downsample_layers.0.0.weight"] + [f"downsample_layers.{i}.1.weight" for i in range(1, N_STAGES)]
+    missing = [k for k in [*convs, "norm.weight"] if k not in sd]
+    if missing:
+        raise CheckpointError(
+            f"cannot recognise a DINOv3 ConvNeXt backbone: missing {missing}; first keys: {list(sd)[:8]}"
+        )
+    stem = sd[convs[0]]  # [dims[0], C, 4, 4]
+    depths = [0] * N_STAGES
+    for k in sd:
+        if (m := re.match(r"stages\.(\d+)\.(\d+)\.", k)) and int(m.group(1)) < N_STAGES:
+            depths[int(m.group(1))] = max(depths[int(m.group(1))], int(m.group(2)) + 1)
+    has_gamma = any(re.match(r"stages\.\d+\.\d+\.gamma$", k) for k in sd) or not sum(depths)
+    kw: dict[str, Any] = dict(
+        generation="dinov3",
+        in_chans=stem.shape[1],
+        depths=depths,
+        dims=[sd[k].shape[0] for k in convs],
+        layerscale_init=1e-6 if has_gamma else None,
+        norm_eps=1e-6,
+    )
+    if "sat493m" in source_name.lower():
+        kw["extra"] = {"mean": list(SATELLITE_MEAN), "std": list(SATELLITE_STD)}
+    config = ConvNeXtConfig(**kw)
+    with torch.device("meta"):
+        expected = ConvNeXt(config).state_dict()
+    check_state_dict(expected, sd)
+    return config
 
 
 # ------------------------------------------------------------------------------------------- strict load
