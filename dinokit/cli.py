@@ -70,9 +70,24 @@ def _info(args) -> int:
     config = stored or infer_config(sd, info.get("path", ""))
     c = config
     n_params = sum(v.numel() for k, v in sd.items() if not k.endswith(("bias_mask", "rope_embed.periods")))
-    pos = f"learned {c.pos_grid}×{c.pos_grid} ({c.pos_interpolation} resizing)" if c.pos_embed == "learned" else (
-        f"RoPE (head dim {c.head_dim})"
-    )
+    if c.kind == "convnext":
+        rows = [
+            ("file", args.path),
+            ("format", info["format"]),
+            ("generation", c.generation),
+            ("kind", "ConvNeXt (DINOv3 distilled student)"),
+            ("matches preset", match_preset(c) or "none (custom architecture)"),
+            ("depths", " / ".join(map(str, c.depths))),
+            ("dims", " / ".join(map(str, c.dims))),
+            ("output", f"stride {c.patch_size}, width {c.embed_dim}, CLS = average pool, no registers"),
+            ("parameters", f"{n_params / 1e6:.1f} M"),
+            ("licence family", LICENCES[c.generation]),
+        ]
+        return _print_rows(rows)
+    if c.pos_embed == "learned":
+        pos = f"learned {c.pos_grid}×{c.pos_grid} ({c.pos_interpolation} resizing)"
+    else:
+        pos = f"RoPE (head dim {c.head_dim})"
     rows = [
         ("file", args.path),
         ("format", info["format"]),
@@ -87,6 +102,10 @@ def _info(args) -> int:
         ("parameters", f"{n_params / 1e6:.1f} M"),
         ("licence family", LICENCES[c.generation]),
     ]
+    return _print_rows(rows)
+
+
+def _print_rows(rows: list[tuple[str, object]]) -> int:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -343,7 +362,9 @@ def _train(args) -> int:
     finally:
         distributed.shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run folder: {run} (teacher backbone: {run / 'teacher_backbone'})")
+        made = [run / "teacher_backbone"] if cfg.distill is None else [run / "students" / s.name / "backbone"
+                                                                        for s in cfg.distill.students]  # fmt: skip
+        print(f"run folder: {run} (backbones: {', '.join(map(str, made))})")
     return 0
 
 

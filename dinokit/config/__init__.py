@@ -10,6 +10,7 @@ from .schema import (
     CheckpointConfig,
     CropsConfig,
     DataConfig,
+    DistillConfig,
     EvalConfig,
     HeadConfig,
     InitConfig,
@@ -21,6 +22,7 @@ from .schema import (
     OptimConfig,
     PretrainConfig,
     ResolutionConfig,
+    StudentConfig,
     TeacherConfig,
     TrainConfig,
 )  # fmt: skip
@@ -30,4 +32,5 @@ __all__ = [
     "to_dict", "find_recipe", "load_train_config", "recipe_names", "CheckpointConfig", "CropsConfig", "DataConfig",
     "EvalConfig", "HeadConfig", "InitConfig", "KnnEvalConfig", "LossesConfig", "MaskingConfig", "ModelConfig",
     "MonitorConfig", "OptimConfig", "PretrainConfig", "ResolutionConfig", "TeacherConfig", "TrainConfig",
+    "DistillConfig", "StudentConfig",
 ]  # fmt: skip

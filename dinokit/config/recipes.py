@@ -37,13 +37,15 @@ def find_recipe(name: str | os.PathLike) -> Path:
     stem = path.name.removesuffix(".yaml").removesuffix(".yml")
     folder = path.parent.name if path.parent.name not in ("", "configs", "recipes") else None
     found = [p for p in RECIPES.rglob(f"{stem}.yaml") if folder is None or p.parent.name == folder]
+    if folder is None and len(found) > 1:  # a bare name means the pretraining recipe (`tiny_cpu`), if there is one
+        found = [p for p in found if p.parent.name == "pretrain"] or found
     if len(found) == 1:
         return found[0]
     names = ", ".join(recipe_names())
     if not found:
         raise ConfigError(f"config {name} is neither a YAML file nor a shipped recipe; recipes: {names}")
     raise ConfigError(f"config {name} names several recipes ({', '.join(map(str, found))}); add the folder, e.g. "
-                      f"stages/{stem}")  # fmt: skip
+                      f"{found[0].parent.name}/{stem}")  # fmt: skip
 
 
 def load_train_config(config: str | os.PathLike | None, overrides=()) -> PretrainConfig:

@@ -191,6 +191,35 @@ class InitConfig:
 
 
 @dataclass
+class StudentConfig:
+    """One student of `distill.students`: its architecture and, where it differs from the run's, its optimiser."""
+
+    name: str  # its folder: RUN/students/<name>/
+    backbone: str  # a preset name (ViT or ConvNeXt), e.g. dinov3_vits16, dinov3_convnext_tiny
+    backbone_options: dict[str, Any] = field(default_factory=dict)  # config overrides, e.g. {depths: [1, 1, 3, 1]}
+    base_lr: float | None = None  # peak LR before scaling (default optim.base_lr; the schedule's shape is shared)
+    weight_decay_scale: float = 1.0  # × the run's weight-decay schedule
+    layerwise_decay: float | None = None  # default optim.layerwise_decay
+    patch_embed_lr_mult: float | None = None  # default optim.patch_embed_lr_mult
+    ranks: tuple[int, int] | None = None  # [first, end) of its process sub-group (default: the ranks split evenly)
+
+
+@dataclass
+class DistillConfig:
+    """`distill`: one frozen teacher, several students trained together (DINOv2 §5, DINOv3 §5.2).
+
+    `mode` heads: the teacher's DINO / iBOT heads give the targets of the loss terms that read heads (dino, ibot;
+    koleo too); features: each student regresses the teacher's tokens through a projection (the `feature_*`
+    terms); auto: heads when the teacher has them."""
+
+    teacher: str = ""  # a dinokit run folder / training checkpoint, an official training checkpoint, or any
+    # source `load_backbone` reads (no heads: feature distillation)
+    mode: Literal["auto", "heads", "features"] = "auto"
+    students: list[StudentConfig] = field(default_factory=list)
+    teacher_scale: float = 1.0  # the teacher sees the global crops at this × the students' size (rendered so)
+
+
+@dataclass
 class PretrainConfig:
     output_dir: str = "runs/pretrain"
     seed: int = 0
@@ -207,6 +236,7 @@ class PretrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     init: InitConfig = field(default_factory=InitConfig)
     gram: GramConfig | None = None  # the Gram teacher of DINOv3's Gram anchoring (with the loss term losses.gram)
+    distill: DistillConfig | None = None  # distillation into `distill.students` (then `model.backbone` is unused)
 
     def validate(self) -> None:
         """Cross-field checks that need no computation; raises `ConfigError` listing every problem."""
@@ -241,28 +271,13 @@ class PretrainConfig:
         if self.crops.local_number < 0:
             problems.append("crops.local_number must be >= 0")
         problems += self._stage_problems()
-        try:
-            vit = self.backbone_config()
-        except (ValueError, ConfigError) as e:
-            problems.append(str(e))
-        else:
-            p = vit.patch_size
-            sizes = {"crops.global_size": self.crops.global_size, "crops.local_size": self.crops.local_size}
-            if self.gram is not None and self.gram.teacher_crop_size is not None:
-                sizes["gram.teacher_crop_size"] = self.gram.teacher_crop_size
-            for i, r in enumerate(self.crops.resolutions):
-                sizes.update({f"crops.resolutions[{i}].global_size": r.global_size,
-                              f"crops.resolutions[{i}].local_size": r.local_size})  # fmt: skip
-                if r.gram_size is not None:
-                    sizes[f"crops.resolutions[{i}].gram_size"] = r.gram_size
-            for name, size in sizes.items():
-                if size < p:
-                    problems.append(f"{name}={size} is smaller than one {p}×{p} patch of {self.model.backbone}")
-                elif getattr(vit, "pos_embed", None) == "learned" and size % p:
-                    problems.append(
-                        f"{name}={size} is not a multiple of the patch size {p} of {self.model.backbone} "
-                        f"(learned position embedding); use e.g. {round(size / p) * p}"
-                    )
+        for name, preset, options in self.trained_backbones():
+            try:
+                config = self.backbone_config(preset, options, key=name)
+            except (ValueError, ConfigError) as e:
+                problems.append(str(e))
+            else:
+                problems += self._size_problems(preset, config)
         if problems:
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -327,22 +342,82 @@ class PretrainConfig:
                 out.append(f"crops.resolutions[{i}].ratio must be > 0, got {r.ratio}")
         if self.init.run is not None and self.init.backbone is not None:
             out.append("init.run and init.backbone are exclusive (a run already holds the backbone)")
+        if self.distill is not None:
+            out += self._distill_problems()
         return out
 
-    def backbone_config(self):
-        """The student's backbone config (e.g. a `ViTConfig`): the preset with `model.backbone_options`,
-        type-checked; the preset's kind comes from the architecture table."""
+    def _distill_problems(self) -> list[str]:
+        d, out = self.distill, []
+        if not d.teacher:
+            out.append("distill.teacher is required: a run folder, a training checkpoint or a backbone file")
+        if not d.students:
+            out.append("distill.students is empty: list at least one student (name and backbone)")
+        names = [s.name for s in d.students]
+        if len(set(names)) != len(names) or not all(n and n.replace("_", "").replace("-", "").isalnum()
+                                                    for n in names):  # fmt: skip
+            out.append(f"distill.students: names must be distinct words (letters, digits, _ or -), got {names}")
+        for i, s in enumerate(d.students):
+            if s.base_lr is not None and s.base_lr <= 0:
+                out.append(f"distill.students[{i}].base_lr must be > 0, got {s.base_lr}")
+            if s.ranks is not None and not 0 <= s.ranks[0] < s.ranks[1]:
+                out.append(f"distill.students[{i}].ranks must be [first, end) with 0 <= first < end, got {s.ranks}")
+        if d.teacher_scale <= 0:
+            out.append(f"distill.teacher_scale must be > 0, got {d.teacher_scale}")
+        if self.teacher.kind != "ema":
+            out.append("teacher.kind applies to self-distillation; with distill the teacher is distill.teacher "
+                       "and each student keeps an EMA (its final model)")  # fmt: skip
+        if self.gram is not None or self.init.backbone is not None or self.init.run is not None:
+            out.append("distill does not combine with gram, init.backbone or init.run (each student starts afresh; "
+                       "an interrupted distillation resumes from its own output_dir)")  # fmt: skip
+        if self.train.parallel == "fsdp":
+            out.append("distill trains each student with DDP on its own ranks: train.parallel must be ddp")
+        return out
+
+    def trained_backbones(self) -> list[tuple[str, str, dict]]:
+        """(config key, preset, options) of every backbone this run trains: the model's, or each student's."""
+        if self.distill is None:
+            return [("model.backbone", self.model.backbone, self.model.backbone_options)]
+        return [(f"distill.students[{i}].backbone", s.backbone, s.backbone_options)
+                for i, s in enumerate(self.distill.students)]  # fmt: skip
+
+    def backbone_config(self, preset: str | None = None, options: dict | None = None, key: str = "model.backbone"):
+        """A backbone config (e.g. a `ViTConfig`): the preset with its options, type-checked — by default the
+        student's (`model.backbone` with `model.backbone_options`); the preset's kind comes from the architecture
+        table."""
         from ..models.architectures import architecture_of
 
+        preset = self.model.backbone if preset is None else preset
+        options = dict(self.model.backbone_options if options is None else options)
         try:
-            arch = architecture_of(self.model.backbone)
+            arch = architecture_of(preset)
         except ConfigError as e:
-            raise ConfigError(f"model.backbone: {e}") from None
-        options = dict(self.model.backbone_options)
+            raise ConfigError(f"{key}: {e}") from None
         hints = typing.get_type_hints(arch.config)
         unknown = sorted(set(options) - set(hints))
         if unknown:
-            raise ConfigError(f"model.backbone_options: unknown option(s) {unknown}; valid: {sorted(hints)}")
+            raise ConfigError(f"{key.removesuffix('backbone')}backbone_options: unknown option(s) {unknown}; "
+                              f"valid: {sorted(hints)}")  # fmt: skip
         for k, v in options.items():
-            options[k] = check_value(hints[k], v, f"model.backbone_options.{k}")
-        return arch.config(**arch.presets[self.model.backbone]).replace(**options)
+            options[k] = check_value(hints[k], v, f"{key.removesuffix('backbone')}backbone_options.{k}")
+        return arch.config(**arch.presets[preset]).replace(**options)
+
+    def _size_problems(self, preset: str, config) -> list[str]:
+        """Crop sizes a backbone cannot take: smaller than one patch, or (learned position embedding) not a
+        multiple of the patch size."""
+        p = getattr(config, "patch_size", 1)
+        sizes = {"crops.global_size": self.crops.global_size, "crops.local_size": self.crops.local_size}
+        if self.gram is not None and self.gram.teacher_crop_size is not None:
+            sizes["gram.teacher_crop_size"] = self.gram.teacher_crop_size
+        for i, r in enumerate(self.crops.resolutions):
+            sizes.update({f"crops.resolutions[{i}].global_size": r.global_size,
+                          f"crops.resolutions[{i}].local_size": r.local_size})  # fmt: skip
+            if r.gram_size is not None:
+                sizes[f"crops.resolutions[{i}].gram_size"] = r.gram_size
+        out = []
+        for name, size in sizes.items():
+            if size < p:
+                out.append(f"{name}={size} is smaller than one {p}×{p} patch of {preset}")
+            elif getattr(config, "pos_embed", None) == "learned" and size % p:
+                out.append(f"{name}={size} is not a multiple of the patch size {p} of {preset} "
+                           f"(learned position embedding); use e.g. {round(size / p) * p}")  # fmt: skip
+        return out

@@ -93,8 +93,14 @@ def collate_crops(
     """A `Batch` from crop-major crops `[G·B, 3, S, S]`, `[L·B, 3, s, s]` and the masks `[G·B, N]`."""
     if masks.shape[1] == 0:
         masks = torch.zeros(global_crops.shape[0], 0, dtype=torch.bool)
-    mask_indices = masks.flatten().nonzero().flatten()  # [M]
-    per_crop = 1.0 / masks.sum(-1).clamp(min=1.0)  # [G·B]
-    masks_weight = per_crop.unsqueeze(-1).expand_as(masks)[masks]  # [M]
+    mask_indices, masks_weight = mask_targets(masks)
     return Batch(global_crops, local_crops, masks, mask_indices, masks_weight, n_global, index, list(skipped),
                  dict(extra_crops or {}))  # fmt: skip
+
+
+def mask_targets(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For masks `[G·B, N]`: the indices `[M]` of the masked patches in `masks.flatten()` and their iBOT weights
+    `[M]`, 1 / (number of masked patches of the patch's crop)."""
+    mask_indices = masks.flatten().nonzero().flatten()  # [M]
+    per_crop = 1.0 / masks.sum(-1).clamp(min=1.0)  # [G·B]
+    return mask_indices, per_crop.unsqueeze(-1).expand_as(masks)[masks]

@@ -132,8 +132,8 @@ class MultiCrop:
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 images `[3, H, W]`, one generator each → crop-major `global [2·B, 3, G, G]`, `local [L·B, 3, l, l]`
         (global crop 1 of every image, then global crop 2 of every image; likewise the local crops) and the
-        extra sets `{name: [2·B, 3, S, S]}` of the global crops' regions without colour distortion. Sizes default
-        to the configured ones."""
+        extra sets `{name: [2·B, 3, S, S]}` of the global crops' regions without colour distortion ("teacher":
+        with the same distortions as the global crops). Sizes default to the configured ones."""
         g_size, l_size = global_size or self.global_size, local_size or self.local_size
         plans = [self.plan(img.shape[-2], img.shape[-1], rng) for img, rng in zip(images, rngs)]
         slots = [
@@ -142,10 +142,12 @@ class MultiCrop:
         ]
         empty = slots[0].new_zeros(0, 3, l_size, l_size)
         local = torch.cat(slots[2:]) if self.local_number else empty
-        extra = {
-            name: torch.cat([self.render_clean(images, [p[k] for p in plans], size) for k in range(2)])
-            for name, size in (extra_sizes or {}).items()
-        }
+        extra = {}
+        for name, size in (extra_sizes or {}).items():
+            # a distillation teacher sees the students' global crops, colours and all, at its own size; the Gram
+            # teacher sees their regions undistorted
+            render = self.render_slot if name == "teacher" else self.render_clean
+            extra[name] = torch.cat([render(images, [p[k] for p in plans], size) for k in range(2)])
         return torch.cat(slots[:2]), local, extra
 
     def batch(

@@ -72,3 +72,13 @@ class DINOHead(nn.Module):
         x = self.mlp(x)  # [N, bottleneck]
         x = F.normalize(x, dim=-1, p=2, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
         return self.last_layer(x)  # [N, K]
+
+
+class Projector(nn.Module):
+    """Feature distillation's learned projections of a student's tokens to a teacher's width: one linear map for
+    the CLS token and one for the patches (`losses/features.py`)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.cls = nn.Linear(in_dim, out_dim)
+        self.patches = nn.Linear(in_dim, out_dim)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data.collate import Batch
-from ..models.heads import DINOHead
+from ..models.heads import DINOHead, Projector
 from .losses import TERMS, BuildContext
 from .model import SSLModel
 from .schedules import Schedules
@@ -31,10 +31,23 @@ class SSLMetaArch(nn.Module):
         self.schedules = schedules
         self.student_forward: nn.Module = student  # the data-parallel wrapper of the student in multi-process runs
 
+    partitioned = False  # every rank holds the same student (see `distillation.py` for the other case)
+
     @property
     def teacher(self) -> nn.Module:
         """The main teacher, whose outputs every term receives."""
         return self.teachers["main"]
+
+    def outputs(self) -> dict[str, nn.Module]:
+        """What the run exports (`<path>` and `<path>_official.pth` in the run folder) and evaluates."""
+        return {"teacher_backbone": self.teacher.backbone}
+
+    def data_parallel_units(self):
+        """(name, module, process group) to wrap for data parallelism: the student, over all ranks."""
+        return [("student", self.student, None)]
+
+    def set_student_forward(self, name: str, module: nn.Module) -> None:
+        self.student_forward = module
 
     def forward(self, batch: Batch, values: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         teacher_out = self.teacher(batch)
@@ -68,8 +81,11 @@ def build_terms(terms: dict, ctx: BuildContext) -> dict[str, nn.Module]:
     return {name: TERMS[name].build(cfg, ctx) for name, cfg in terms.items()}
 
 
-def build_ssl_model(backbone: nn.Module, model_cfg, terms: dict) -> SSLModel:
-    """Backbone + the heads the enabled terms read (`model` config section; `terms`: name → section)."""
+def build_ssl_model(backbone: nn.Module, model_cfg, terms: dict, teacher_dim: int | None = None,
+                    mask_inputs: bool = True) -> SSLModel:  # fmt: skip
+    """Backbone + the heads the enabled terms read (`model` config section; `terms`: name → section). A term that
+    reads "projection" (feature distillation) adds a `Projector` to `teacher_dim`; `mask_inputs=False`: a
+    distillation student, which sees its crops unmasked."""
 
     def head(c):
         return DINOHead(backbone.embed_dim, c.n_prototypes, c.hidden_dim, c.bottleneck_dim, c.nlayers, c.last_layer)
@@ -79,4 +95,6 @@ def build_ssl_model(backbone: nn.Module, model_cfg, terms: dict) -> SSLModel:
     separate = need_patches and model_cfg.ibot_head is not None
     dino_head = head(model_cfg.dino_head) if need_cls or (need_patches and not separate) else None
     ibot_head = head(model_cfg.ibot_head) if separate else None
-    return SSLModel(backbone, dino_head, ibot_head, predict_cls=need_cls, predict_patches=need_patches)
+    projector = Projector(backbone.embed_dim, teacher_dim or backbone.embed_dim) if "projection" in reads else None
+    return SSLModel(backbone, dino_head, ibot_head, predict_cls=need_cls, predict_patches=need_patches,
+                    projector=projector, mask_inputs=mask_inputs)  # fmt: skip

@@ -3,7 +3,9 @@
 - `forward(batch)` (the student): global crops with the iBOT masks and local crops through the backbone; the
   DINO head on every CLS token in one pass; the iBOT head only on the masked patch tokens (`mask_indices`),
   never on the whole grid. With a shared head (DINOv2 default) the masked patches join the CLS tokens in that
-  one pass.
+  one pass. A distillation student (`mask_inputs=False`) sees its crops unmasked, as released, and the masks only
+  choose the patches its iBOT head predicts; with a `projector` (feature distillation) the global crops' CLS
+  and patches are also projected to the teacher's width.
 - `teacher_forward(batch)`: the unmasked global crops; the DINO head on their CLS tokens, the iBOT head on the
   patch tokens at the student's masked positions. Called under `no_grad` by the teacher objects.
 
@@ -28,6 +30,9 @@ class StudentOutput:
     local_cls_logits: torch.Tensor | None  # [L, B, K]
     patch_logits: torch.Tensor | None  # [M, K'] at the masked positions
     global_patches: torch.Tensor  # [G·B, h·w, D]
+    grid: tuple[int, int] = (0, 0)  # (h, w) of the global crops' patches
+    projected_cls: torch.Tensor | None = None  # [G, B, D_t] (feature distillation)
+    projected_patches: torch.Tensor | None = None  # [G·B, h·w, D_t]
 
 
 @dataclass
@@ -46,9 +51,13 @@ class SSLModel(nn.Module):
         ibot_head: nn.Module | None = None,
         predict_cls: bool = True,
         predict_patches: bool = True,
+        projector: nn.Module | None = None,
+        mask_inputs: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.projector = projector
+        self.mask_inputs = mask_inputs
         self.dino_head = dino_head
         self.ibot_head = ibot_head  # None with predict_patches: the DINO head predicts the patches too
         self.predict_cls = predict_cls and dino_head is not None
@@ -75,7 +84,7 @@ class SSLModel(nn.Module):
 
     def forward(self, batch: Batch) -> StudentOutput:
         G, B = batch.n_global_crops, batch.batch_size
-        masks = batch.masks if self.predict_patches and batch.masks.shape[1] else None
+        masks = batch.masks if self.predict_patches and self.mask_inputs and batch.masks.shape[1] else None
         g = self.backbone.forward_features(batch.global_crops, masks=masks)
         n_local = batch.local_crops.shape[0] // B
         local_cls = None
@@ -88,6 +97,10 @@ class SSLModel(nn.Module):
         if cls_logits is not None:
             g_logits = cls_logits[: G * B].unflatten(0, (G, B))
             l_logits = cls_logits[G * B :].unflatten(0, (n_local, B)) if n_local else None
+        projected_cls = projected_patches = None
+        if self.projector is not None:
+            projected_cls = self.projector.cls(g.cls).unflatten(0, (G, B))  # [G, B, D_t]
+            projected_patches = self.projector.patches(g.patches)  # [G·B, h·w, D_t]
         return StudentOutput(
             global_cls=g.cls.unflatten(0, (G, B)),
             local_cls=None if local_cls is None else local_cls.unflatten(0, (n_local, B)),
@@ -95,6 +108,9 @@ class SSLModel(nn.Module):
             local_cls_logits=l_logits,
             patch_logits=patch_logits,
             global_patches=g.patches,
+            grid=tuple(g.grid),
+            projected_cls=projected_cls,
+            projected_patches=projected_patches,
         )
 
     def teacher_forward(self, batch: Batch) -> TeacherOutput:

@@ -109,6 +109,10 @@ def crop_sizes(cfg: PretrainConfig) -> list[CropSizes]:
 
 
 def build(cfg: PretrainConfig, dist_info: D.DistInfo) -> Parts:
+    if cfg.distill is not None:  # one frozen teacher, several students: `distill.py`
+        from .distill import build_distillation
+
+        return build_distillation(cfg, dist_info)
     source = open_source(cfg.data.path, cfg.seed)  # a missing or empty data.path fails before any model is built
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = build_backbone(cfg)

@@ -89,26 +89,67 @@ def load_latest(directory: Path) -> tuple[Path, dict] | None:
 def training_state(cfg, parts, monitor, info, step: int, next_batch: int) -> dict | None:
     """The consolidated state after `step` steps (None on ranks other than 0); `next_batch`: the first unseen
     batch of each rank's stream. A collective: every rank calls it."""
-    meta = parts.meta
-    student = consolidated(meta.student.state_dict(), info.is_main)
-    optimizer = consolidated(parts.optimizer.state_dict(), info.is_main)
+    models = _model_state(parts.meta, parts.optimizer, info)
     rngs = D.gather_objects(rng_state())
     if not info.is_main:
         return None
-    extra = {name: t.state_dict() for name, t in meta.teachers.items() if name != "main"}
     return {
         "step": step,
-        "student": student,
-        "teacher": meta.teacher.state_dict(),
-        "extra_teachers": extra,
-        "terms": meta.terms.state_dict(),
-        "optimizer": optimizer,
+        **models,
         "monitor": monitor.state_dict(),
         "data": {"next_batch": next_batch, "batch_size": cfg.train.batch_size},
         "rng": rngs,
         "world_size": info.world_size,
         "config": to_dict(cfg),
     }
+
+
+def _model_state(meta, optimizer, info) -> dict:
+    """student, teacher, extra_teachers, terms and optimizer of the checkpoint (complete on rank 0).
+
+    Distillation students on disjoint ranks (`meta.partitioned`): the first rank of each student's group sends
+    its student (weights, EMA, terms, optimiser state keyed by the student's name) to rank 0, which joins them, so
+    the file holds every student as in one process."""
+    student = consolidated(meta.student.state_dict(), info.is_main)
+    optimizer_state = consolidated(optimizer.state_dict(), info.is_main)
+    extra = {name: t.state_dict() for name, t in meta.teachers.items() if name != "main"}
+    state = {"student": student, "teacher": meta.teacher.state_dict(), "extra_teachers": extra,
+             "terms": meta.terms.state_dict(), "optimizer": optimizer_state}  # fmt: skip
+    if not meta.partitioned:
+        return state
+    mine = None
+    if meta.placement.index_in_group == 0:
+        mine = _to_cpu({**state, "optimizer": {",".join(meta.student): optimizer_state}, "teacher": {}})
+    joined = {"student": {}, "teacher": state["teacher"], "extra_teachers": {}, "terms": {}, "optimizer": {}}
+    for part in D.gather_objects(mine):
+        for key in ("student", "extra_teachers", "terms", "optimizer"):
+            joined[key].update(part[key] if part else {})
+    return joined
+
+
+def _local_part(meta, state: dict) -> dict:
+    """The part of a checkpoint that this rank's students read (everything unless `meta.partitioned`)."""
+    if not meta.partitioned:
+        return state
+    names = list(meta.student)
+
+    def mine(d: dict, prefix: str = "", sep: str = ".") -> dict:
+        return {k: v for k, v in d.items() if any(k.startswith(f"{prefix}{n}{sep}") or k == f"{prefix}{n}"
+                                                  for n in names)}  # fmt: skip
+
+    optimizer = state["optimizer"].get(",".join(names), {"missing": "another placement of the students"})
+    return {**state, "student": mine(state["student"]), "extra_teachers": mine(state.get("extra_teachers", {}),
+            "ema_"), "terms": mine(state["terms"]), "optimizer": optimizer}  # fmt: skip
+
+
+def _to_cpu(state):
+    if torch.is_tensor(state):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_to_cpu(v) for v in state]
+    return state
 
 
 def consolidated(state, main: bool):
@@ -128,6 +169,7 @@ def consolidated(state, main: bool):
 def restore_training_state(parts, state: dict) -> str:
     """Load models, teachers, terms and optimiser from a checkpoint; "" on success, else why it does not fit."""
     meta = parts.meta
+    state = _local_part(meta, state)
     extra = {name: t for name, t in meta.teachers.items() if name != "main"}
     saved_extra = state.get("extra_teachers", {})
     problem = state_mismatch(meta.student, state["student"]) or state_mismatch(meta.teacher, state["teacher"])

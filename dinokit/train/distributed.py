@@ -127,9 +127,11 @@ def wrap_student(meta, optimizer: torch.optim.Optimizer, info: DistInfo, paralle
         return
     if parallel == "fsdp":
         shard_student(meta.student, optimizer, info.device, precision)
-    else:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        meta.student_forward = DistributedDataParallel(meta.student, device_ids=device_ids, broadcast_buffers=False)
+        return
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    for name, module, group in meta.data_parallel_units():  # the student; or each distillation student, its group
+        ddp = DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False, process_group=group)
+        meta.set_student_forward(name, ddp)
 
 
 def shard_student(student: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, precision: str) -> None:
@@ -170,11 +172,13 @@ def gradient_sync(student_forward: nn.Module, micro_batch: int, n_micro_batches:
     FSDP: reduce-scattered) on the last one only, accumulated locally before."""
     if micro_batch == n_micro_batches - 1:
         return contextlib.nullcontext()
-    if isinstance(student_forward, DistributedDataParallel):
-        return student_forward.no_sync()
     if isinstance(student_forward, FSDPModule):
         return _fsdp_no_sync(student_forward)
-    return contextlib.nullcontext()
+    stack = contextlib.ExitStack()  # the DDP wrapper, or one per distillation student
+    for module in student_forward.modules():
+        if isinstance(module, DistributedDataParallel):
+            stack.enter_context(module.no_sync())
+    return stack
 
 
 @contextlib.contextmanager

@@ -59,11 +59,12 @@ class RunLog:
             for k, v in metrics.items():
                 self.tb.add_scalar(k.replace("weight/", "weight_"), v, step)
         shown = {k: f"{metrics[k]:.4g}" for k in SHOWN if k in metrics}
+        shown.update({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith("/loss")})  # each distilled student
         shown["lr"] = f"{metrics.get('lr', 0.0):.2e}"
         if "images_per_s" in metrics:
             shown["img/s"] = f"{metrics['images_per_s']:.1f}"
         # the latest evaluation stays on the bar until the next one
-        self._evaluated.update({k: f"{v:.1f}" for k, v in metrics.items() if k.startswith("knn/")})
+        self._evaluated.update({k: f"{v:.1f}" for k, v in metrics.items() if k.startswith("knn/") or "/knn/" in k})
         self.bar.set_postfix({**shown, **self._evaluated}, refresh=False)
         return metrics
 

@@ -90,7 +90,7 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
             runlog.step_done()
             evaluated = {}
             if eval_fn is not None and cfg.eval.every and done % cfg.eval.every == 0:
-                evaluated = eval_fn(meta.teacher.backbone, done)
+                evaluated = _evaluate(eval_fn, meta, done)
             if evaluated or done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 logged = runlog.write(done, {**result.reduced(), **evaluated, "skipped_steps": monitor.skipped_steps})
                 for warning in monitor.collapse_warnings(done, logged):
@@ -104,9 +104,8 @@ def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = No
     runlog.close()
     if skipped_files and info.is_main:
         log.warning("%d unreadable file(s) skipped, %d times in all", len(skipped_files), skipped_files.total())
-    if info.is_main and not stop.requested:
-        save_backbone(meta.teacher.backbone, run / "teacher_backbone", format="dinokit")
-        save_backbone(meta.teacher.backbone, run / "teacher_backbone_official.pth", format="official")
+    if not stop.requested:
+        _export(meta, run, info)
     D.barrier()
     if stop.requested:
         raise KeyboardInterrupt
@@ -153,6 +152,33 @@ def train_step(meta, optimizer, micro_batches: list, step: int, clip_grad, autoc
         for teacher in meta.teachers.values():
             teacher.on_step_end(step)
     return StepResult(metrics, norms, values, bad)
+
+
+def _evaluate(eval_fn: EvalFn, meta, step: int) -> dict[str, float]:
+    """`eval_fn` on each backbone the run produces (`meta.outputs()`); with several (distillation students) the
+    numbers are named `<student>/<metric>`."""
+    outputs = meta.outputs()
+    if len(outputs) == 1:
+        return eval_fn(next(iter(outputs.values())), step)
+    return {f"{path.split('/')[-2]}/{k}": v for path, m in outputs.items() for k, v in eval_fn(m, step).items()}
+
+
+def _export(meta, run: Path, info: D.DistInfo) -> None:
+    """Each backbone of `meta.outputs()` as `<path>/` (dinokit) and `<path>_official.pth` (the released layout),
+    written by the first rank that holds it; one that cannot be written is reported and the others still are."""
+    if not (info.is_main or meta.partitioned and meta.placement.index_in_group == 0):
+        return
+    failed = []
+    for path, backbone in meta.outputs().items():
+        try:
+            save_backbone(backbone, run / path, format="dinokit")
+            save_backbone(backbone, run / f"{path}_official.pth", format="official")
+        except (OSError, RuntimeError, ValueError) as e:
+            log.error("could not write %s: %s", run / path, e)
+            failed.append(path)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(meta.outputs())} backbone(s) could not be written "
+                        f"({', '.join(failed)}); the checkpoints hold them: run the same command again to retry")
 
 
 def _autocast(precision: str, device: torch.device):

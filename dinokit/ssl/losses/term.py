@@ -37,9 +37,12 @@ class BuildContext:
 @dataclass(frozen=True)
 class TermKind:
     """One row of the term table: the config section, the builder, which heads of the student the term reads
-    ("dino": the CLS logits, "ibot": the masked-patch logits), and whether the term is on by default."""
+    ("dino": the CLS logits, "ibot": the masked-patch logits, "projection": tokens projected to the teacher's
+    width), whether the term is on by default, and — for distillation — the kind of teacher it needs ("heads":
+    a teacher with DINO / iBOT heads, "features": its tokens; None: either)."""
 
     config: type
     build: Callable[[Any, BuildContext], LossTerm]
     heads: tuple[str, ...] = ()
     default_on: bool = True
+    teacher: str | None = None
