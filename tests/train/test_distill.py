@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dinokit.cli import main
-from dinokit.config import ConfigError, load_train_config
+from dinokit.config import ConfigError, find_recipe, load_train_config, recipe_names
 from dinokit.data.collate import Batch
 from dinokit.data.stream import SSLStream
 from dinokit.models import load_backbone
@@ -264,3 +264,17 @@ def test_two_students_on_two_gloo_processes_equal_one_process(teacher_run, image
         assert set(own) == set(ranks[rank]["student"])  # each rank holds only its student
         for k, v in own.items():
             torch.testing.assert_close(ranks[rank]["student"][k], v, rtol=1e-5, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_shipped_recipe_validates(name, tmp_path):
+    """With what a user must add: a data path; a teacher; for a stage, the architecture its `init.run` gives."""
+    required = [f"data.path={tmp_path}"]
+    required += [f"distill.teacher={tmp_path}"] if name.startswith("distill/") else []
+    required += ["model.backbone=dinov3_vits16"] if name.startswith("stages/") else []
+    load_train_config(name, required).validate()
+
+
+def test_a_bare_recipe_name_means_the_pretraining_recipe():
+    assert find_recipe("tiny_cpu").parent.name == "pretrain"
+    assert find_recipe("distill/tiny_cpu").parent.name == "distill"

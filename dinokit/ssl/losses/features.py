@@ -10,13 +10,14 @@ dinokit's path from any `load_backbone` source. Three terms, each on the global 
   computed on the L2-normalised patches of each model in its own space (no projection: it transfers the
   teacher's structure, not its coordinates; the Gram-anchoring formula, `losses/gram.py`).
 
-Cosine rather than L2: the two models' token norms differ by architecture (a ConvNeXt's tokens are not a ViT's)
-and the downstream tools normalise anyway; measured against smooth-L1 in docs/stages.md.
+`distance`: cosine (the default) or smooth-L1 on the tokens themselves; docs/stages.md has the comparison that
+chose the default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ class FeatureLossConfig:
     """`losses.feature_cls` / `losses.feature_patches` / `losses.feature_relations`."""
 
     weight: float | CurveConfig = 1.0
+    distance: Literal["cosine", "smooth_l1"] = "cosine"  # feature_cls / feature_patches (relations: squared)
 
     def problems(self) -> list[str]:
         return []
@@ -41,22 +43,25 @@ def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
 
 
+DISTANCES = {"cosine": cosine_distance, "smooth_l1": lambda s, t: F.smooth_l1_loss(s.float(), t.float())}
+
+
 class FeatureClsTerm(LossTerm):
+    def __init__(self, distance: str = "cosine") -> None:
+        super().__init__()
+        self.distance = DISTANCES[distance]
+
     def forward(self, student, teacher, batch, values) -> tuple[torch.Tensor, dict]:
-        return cosine_distance(student.projected_cls, teacher.cls), {}  # [G, B, D_t] each
+        return self.distance(student.projected_cls, teacher.cls), {}  # [G, B, D_t] each
 
     @classmethod
     def build(cls, cfg: FeatureLossConfig, ctx: BuildContext) -> FeatureClsTerm:
-        return cls()
+        return cls(cfg.distance)
 
 
-class FeaturePatchesTerm(LossTerm):
+class FeaturePatchesTerm(FeatureClsTerm):
     def forward(self, student, teacher, batch, values) -> tuple[torch.Tensor, dict]:
-        return cosine_distance(student.projected_patches, teacher.patches), {}  # [G·B, h·w, D_t] each
-
-    @classmethod
-    def build(cls, cfg: FeatureLossConfig, ctx: BuildContext) -> FeaturePatchesTerm:
-        return cls()
+        return self.distance(student.projected_patches, teacher.patches), {}  # [G·B, h·w, D_t] each
 
 
 class FeatureRelationsTerm(LossTerm):

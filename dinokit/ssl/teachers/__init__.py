@@ -9,7 +9,8 @@ their weights as training goes on. The training loop knows only the protocol bel
   refreshed on its schedule.
 
 `teacher.kind` chooses the main teacher (`ema` or `frozen`); a `gram` section adds a Gram teacher. Builders take
-their own config section and a `TeacherContext`.
+their own config section and a `TeacherContext`. A distillation run (`distill` section) has its own teacher,
+`DistillTeacher` (`distill.py`): one frozen model shared by several students, each of which keeps an EMA.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from .distill import DistillTeacher
 from .ema import EMATeacher
 from .frozen import FrozenTeacher
 from .gram import GramTeacher
@@ -57,4 +59,4 @@ TEACHERS: dict[str, Callable[[Any, TeacherContext], Teacher]] = {
     "gram": GramTeacher.build,
 }
 
-__all__ = ["TEACHERS", "EMATeacher", "FrozenTeacher", "GramTeacher", "Teacher", "TeacherContext"]
+__all__ = ["TEACHERS", "DistillTeacher", "EMATeacher", "FrozenTeacher", "GramTeacher", "Teacher", "TeacherContext"]
