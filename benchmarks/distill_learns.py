@@ -17,7 +17,8 @@ over the validation images (`dinokit/eval/significance.py`).
     PYTHONPATH=. python benchmarks/distill_learns.py --teacher teacher --data data --out distill_out [--steps 600]
 
 Every run goes to `<out>/<name>/` (a finished run is reused, an interrupted one resumed); `results.json` and the
-printed table beside them.
+printed table beside them. `--ablation` instead trains the ViT student alone by feature distillation with
+several sets of loss terms (`ABLATION`) and compares them: how the recipe's terms were chosen.
 """
 
 from __future__ import annotations
@@ -78,6 +79,38 @@ def scores(model, data: Path, size: int, seed: int = 0) -> Scores:
     return result
 
 
+# feature distillation's loss terms, compared on the ViT student (`--ablation`); the recipe's choice is the last
+ABLATION = {
+    "cls": "losses={feature_cls: {}}",
+    "cls+patches": "losses={feature_cls: {}, feature_patches: {}}",
+    "cls+patches+relations": "losses={feature_cls: {}, feature_patches: {}, feature_relations: {}}",
+    "smooth_l1 cls+patches+relations": "losses={feature_cls: {distance: smooth_l1}, feature_patches: "
+    "{distance: smooth_l1}, feature_relations: {}}",
+    "cls+patches+relations+koleo": "losses={feature_cls: {}, feature_patches: {}, feature_relations: {}, "
+    "koleo: {weight: 0.1}}",
+}
+
+
+def ablation(args, common: list[str]) -> None:
+    """The feature-distillation terms: each set trains the ViT student alone for `--ablation-steps`."""
+    preset, options = STUDENTS["vit"]
+    student = "distill.students=" + json.dumps([{"name": "vit", "backbone": preset, "backbone_options": options}])
+    common = [*common, f"train.steps={args.ablation_steps}", f"distill.teacher={args.teacher / 'teacher_backbone'}"]
+    results = {}
+    for name, losses in ABLATION.items():
+        folder = run(args.out / "ablation" / name.replace(" ", "_").replace("+", "_"), "distill/tiny_cpu",
+                     [*common, student, losses])  # fmt: skip
+        results[name] = scores(load_backbone(folder / "students" / "vit" / "backbone"), args.data, args.size)
+    base = results[next(iter(ABLATION))]
+    out = {}
+    print(f"{'feature losses':34s} {'k-NN k=20':>10s} {'linear':>8s}   k-NN vs '{next(iter(ABLATION))}'")
+    for name, r in results.items():
+        low, high = paired_bootstrap(base.per_item["knn_top1_k20"], r.per_item["knn_top1_k20"])
+        out[name] = {**r, "knn_k20_vs_first": [low, high]}
+        print(f"{name:34s} {r['knn_top1_k20']:10.1f} {r['linear_top1']:8.1f}   [{low:+.1f}, {high:+.1f}]")
+    (args.out / "ablation" / "results.json").write_text(json.dumps(out, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", type=Path, required=True, help="a tiny_cpu run folder (with heads)")
@@ -85,8 +118,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--size", type=int, default=96)
+    p.add_argument("--ablation", action="store_true", help="compare feature-distillation loss sets instead")
+    p.add_argument("--ablation-steps", type=int, default=300)
     args = p.parse_args()
     common = [f"data.path={args.data / 'pretrain'}", f"train.steps={args.steps}", *CROPS, "checkpoint.every=100"]
+    if args.ablation:
+        return ablation(args, common)
     runs = {
         "heads": run(args.out / "distill_heads", "distill/tiny_cpu",
                      [*common, f"distill.teacher={args.teacher}", students_override()]),

@@ -6,8 +6,9 @@ the patches its iBOT head predicts, drawn on its own patch grid — runs on the 
 the teacher's output resampled to its grid, and evaluates its own loss terms (their targets balanced over its own
 process group). The students' weighted losses are summed: their parameters are disjoint, so one backward pass
 gives each student exactly the gradients of its own loss. A student whose loss is not finite is left out of that
-step (no gradients: AdamW skips its parameters; `<name>/skipped_steps` counts it) so one diverging student never
-stops or spoils the others. Each student keeps an EMA (`ema_<name>` among the teachers), its final model.
+step (no gradients: AdamW skips its parameters; on several ranks zero gradients, which DDP needs; the count is
+`<name>/skipped_steps`) so one diverging student never stops or spoils the others. Each student keeps an EMA
+(`ema_<name>` among the teachers), its final model.
 
 Several processes (DINOv3's scheme): each student trains on its own sub-group of ranks. Every rank runs the
 teacher on its share of the global batch; the crops and the teacher's outputs are gathered from all ranks, and
@@ -86,7 +87,8 @@ class DistillMetaArch(nn.Module):
             batch, shared = self.placement.regroup(batch, shared)
         device = batch.global_crops.device
         loss = torch.zeros((), device=device)
-        metrics: dict[str, torch.Tensor] = {"teacher_forwards": torch.tensor(float(self.teacher.forwards - before))}
+        passes = torch.tensor(float(self.teacher.forwards - before), device=device)
+        metrics: dict[str, torch.Tensor] = {"teacher_forwards": passes}
         for name, model in self.student_forward.items():
             value, student_metrics = self._student_loss(name, model, batch, shared, values)
             ok = torch.isfinite(value.detach()).float()
@@ -96,8 +98,10 @@ class DistillMetaArch(nn.Module):
                 loss = loss + value
             else:
                 self.skipped[name] += 1
+                if self.placement is not None:  # DDP waits for every parameter's gradient: give it zeros
+                    loss = loss + 0.0 * sum(p.sum() for p in self.student[name].parameters())
             metrics.update({f"{name}/{k}": v for k, v in student_metrics.items()})
-            metrics[f"{name}/skipped_steps"] = torch.tensor(float(self.skipped[name]))
+            metrics[f"{name}/skipped_steps"] = torch.tensor(float(self.skipped[name]), device=device)
         metrics["loss"] = loss.detach()
         return loss, metrics
 
