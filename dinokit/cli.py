@@ -377,7 +377,8 @@ def _add_extract(sub) -> None:
     p.add_argument("--size", type=positive_int, default=None, help="shorter side in px (default: native size)")
     p.add_argument("--tile", type=positive_int, default=None, help="tile size in px for huge images (maps stitched)")
     p.add_argument("--overlap", type=non_negative_int, default=0, help="tile overlap in px (overlaps are averaged)")
-    p.add_argument("--layers", type=int, nargs="*", default=[], help="also store these blocks' patch tokens (0-based)")
+    p.add_argument("--layers", type=int, nargs="*", default=[],
+                   help="also store these blocks' patch tokens (0-based; for a ConvNeXt: its stages)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument(
         "--device", type=device_name, default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)"

@@ -24,7 +24,7 @@ from ..data.transforms import model_mean_std, normalize, resize, round_to_patch,
 from ..errors import UserError
 from ..tools.matching import sample_descriptors
 from .dense import patch_features
-from .features import default_device
+from .features import default_device, model_size
 from .metrics import recall_at
 from .significance import Scores, percent_of
 
@@ -96,6 +96,7 @@ def run_correspondence(model, pairs_json: str | Path, size: int = 224, threshold
     """The protocol from a pairs JSON: `{"recall@5": …, "recall@10": …, "recall@20": …}` (percent); `.per_item`
     holds the matched and total keypoints of each pair."""
     pairs = load_pairs_json(pairs_json)
+    model_size(model, size)  # warns when the size is below one patch (every image is raised to one)
     device = torch.device(device) if device is not None else default_device()
     model = model.eval().to(device)
     errors = [match_pair(model, p, size, device) for p in tqdm(pairs, desc="correspondence", unit="pair", leave=False)]

@@ -12,6 +12,10 @@ Deviation from the released protocol: the backbone features of `crops_per_image`
 image are computed once and cached (float16), so the head trains in seconds; the released recipe draws a new
 augmented crop at every iteration. Memory: N·crops_per_image·D·(crop/patch)² half floats, e.g. ADE20K (20 k
 images) at 512 px with ViT-S/16: 15 GB; lower `size`/`crop` or `max_images` to fit.
+
+ConvNeXt backbones take part unchanged: their last-stage tokens after the final norm are the patch map, at stride
+32 (`patch_size`), so a crop is rounded to a multiple of 32 px (at least 32) and the map is coarser than a /16
+ViT's at the same crop.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from tqdm.auto import tqdm
 from ..data.images import IMAGE_EXTENSIONS, decode_image
 from ..data.transforms import model_mean_std, normalize, resize, round_to_patch, to_float
 from ..errors import UserError
-from .features import default_device
+from .features import default_device, model_size
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -256,7 +260,7 @@ def dense_probe(
     list of (prediction at target resolution, target) into metrics."""
     device = torch.device(device) if device is not None else default_device()
     model = model.eval().to(device)
-    crop = round_to_patch(crop, model.patch_size)
+    crop = model_size(model, crop, "the crop")
     if max_images:
         train_pairs = train_pairs[:max_images]
     feats, targets = cache_crops(model, train_pairs, task, size, crop, crops_per_image, 32, device, seed)

@@ -6,8 +6,15 @@ variant the linear probe compares (DINOv2 §7: last-1 / last-4 CLS, with or with
 is then a slice of this cache, and k-NN uses the last CLS.
 
 Preprocessing follows the k-NN / linear protocols of the papers: resize the shorter side to `size·256/224`
-(bicubic, antialiased), centre-crop `size` (rounded to a multiple of the patch size), ImageNet mean/std
-(or the model's own, e.g. the satellite models').
+(bicubic, antialiased), centre-crop `size` (rounded to a multiple of the patch size, at least one patch: a size
+below one patch is raised to it, with a warning), ImageNet mean/std (or the model's own, e.g. the satellite
+models').
+
+ConvNeXt backbones: "blocks" are the four stages `get_intermediate_layers` counts, but only the last stage has
+the final norm and the embedding width; the earlier stages' pooled maps are narrower (`dims[i]`) and un-normed,
+so "CLS of the last n blocks" does not carry over. For a ConvNeXt the cache holds the last stage only (n = 1:
+the normed average pool, i.e. `forward`'s output, and the mean of the normed last-stage tokens), and the linear
+probe's last-4 variants fall back to last-1 as for a one-block model.
 """
 
 from __future__ import annotations
@@ -60,9 +67,26 @@ class GlobalFeatures:
         )
 
 
+def model_size(model, size: int, what: str = "--size") -> int:
+    """`size` rounded to the model's patch size (its output stride for a ConvNeXt), at least one patch; a size
+    below one patch is raised to it with a warning, since the evaluation then runs at another size than asked."""
+    p = model.patch_size
+    if size < p:
+        log.warning("%s %d px is smaller than one %d-px patch of this backbone; using %d px", what, size, p, p)
+    return round_to_patch(size, p)
+
+
+def global_depth(model, n_last_blocks: int) -> int:
+    """How many of the last blocks' CLS tokens to cache: at most the model's depth, and 1 for a ConvNeXt (whose
+    earlier stages have other widths and no norm; see the module docstring)."""
+    if getattr(model.config, "kind", "vit") == "convnext":
+        return 1
+    return min(n_last_blocks, model.n_blocks)
+
+
 def global_transform(model, size: int = 224) -> EvalTransform:
     """Resize the shorter side to size·256/224 (bicubic), centre-crop `size` rounded to the patch size."""
-    crop = round_to_patch(size, model.patch_size)
+    crop = model_size(model, size)
     mean, std = model_mean_std(model)
     return EvalTransform(resize=round(crop * 256 / 224), crop=crop, mean=mean, std=std, mode="bicubic")
 
@@ -84,11 +108,12 @@ def extract_global_features(
 ) -> GlobalFeatures:
     """Features of every image of a folder (class sub-folders give labels), `.txt`/`.csv` list or `ImageList`.
 
-    `n_last_blocks` is capped at the model's depth. The model is used as given (eval mode, moved to `device`)."""
+    `n_last_blocks` is capped at the model's depth (1 for a ConvNeXt, see the module docstring). The model is used
+    as given (eval mode, moved to `device`)."""
     images = source if isinstance(source, ImageList) else ImageList.from_source(source)
     device = torch.device(device) if device is not None else default_device()
     model = model.eval().to(device)
-    n = min(n_last_blocks, model.n_blocks)
+    n = global_depth(model, n_last_blocks)
     dataset = ImageDataset(images, global_transform(model, size))
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_none, pin_memory=False

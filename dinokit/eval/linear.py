@@ -11,6 +11,9 @@ the evaluation images is reported.
 Deviation from the released protocol: features are computed once from the centre crop (no random-resized-
 crop / flip augmentation while training the classifiers), which makes the probe seconds instead of hours; the
 released code also picks the best classifier on the evaluation set itself, here a held-out split is used.
+
+ConvNeXt backbones: the feature cache holds the last stage only (`features.py` says why), so the last-4 variants
+coincide with last-1 and the grid has two variants (with and without the average patch token); `n_blocks` is 1.
 """
 
 from __future__ import annotations

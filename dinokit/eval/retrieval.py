@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..data.images import decode_image
 from ..data.transforms import model_mean_std, normalize, resize, round_to_patch, to_float
 from ..errors import UserError
-from .features import default_device
+from .features import default_device, model_size
 from .metrics import average_precision
 
 
@@ -110,6 +110,7 @@ def retrieval_map(query_features: torch.Tensor, gallery_features: torch.Tensor, 
 def run_retrieval(model, spec: str | Path, size: int = 224, device=None) -> dict[str, float]:
     """The protocol from a retrieval JSON: `{"map": …}` (percent)."""
     gallery, queries = load_retrieval_json(spec)
+    model_size(model, size)  # warns when the size is below one patch (every image is raised to one)
     device = torch.device(device) if device is not None else default_device()
     model = model.eval().to(device)
     g = torch.stack([image_descriptor(model, p, size, device) for p in tqdm(gallery, desc="gallery", leave=False)])

@@ -14,6 +14,11 @@ Dynamic image size needs the position information to be computed from the input 
   the downscale factor, normalised weights) of `F.interpolate`, and the untouched table at the native 37×37 grid.
   `resize_pos_embed` is checked against `models.layers.interpolate_pos_embed` in the tests.
 
+ConvNeXt (DINOv3's distilled students): no position information at all, so the model's own `forward_features`
+is exported as it is; `registers` is the empty `[B, 0, D]`, `patches` the last stage at stride 32 (h = ⌊H/32⌋,
+as the PyTorch model computes it, for any size from 32 px up). A side under 32 px, which the PyTorch model refuses,
+makes onnxruntime fail on an empty convolution input.
+
 Deviation: the exported graph floors the image size to whole patches for both generations; the PyTorch
 DINOv2 model rejects sides that are not multiples of the patch size instead.
 
@@ -120,7 +125,8 @@ class ExportableBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
-        if m.pos_embed is None:  # RoPE: the model's own forward already follows the input size
+        # RoPE, or a ConvNeXt (no position embedding): the model's own forward already follows the input size
+        if getattr(m, "pos_embed", None) is None:
             out = m.forward_features(images)
             return out.cls, out.registers, out.patches
         patches, grid = m.patch_embed(images)  # [B, h·w, D]

@@ -15,6 +15,12 @@ On disk (`output/`), written out of core and resumable:
 
 `read_features(output)` maps each image path to `{"cls": [D], "registers": [R, D], "patches": [h, w, D], …}`
 (numpy), reading shards lazily.
+
+ConvNeXt backbones (`config.kind == "convnext"`): the patch size is the output stride, 32, and `layers` are stage
+indices in [0, 4), as `get_intermediate_layers` counts them. Stages before the last are finer maps (stride 4·2^i)
+of their own width `dims[i]` and have no norm (the released `norms` are Identities there); they are resized to
+the stride-32 grid as the released `pseudo_patch_size` option does (bilinear, antialiased), so every stored map of
+an image shares one grid and the shard layout is the ViT's. `layer3` equals `patches`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -91,10 +98,33 @@ def stitch(tile_maps: torch.Tensor, origins: Sequence[tuple[int, int]], grid: tu
 
 
 # ------------------------------------------------------------------------------------------------ model
+def is_convnext(model) -> bool:
+    """Whether `model` is a ConvNeXt (stride-32 stages, no attention) rather than a ViT."""
+    return getattr(getattr(model, "config", None), "kind", "vit") == "convnext"
+
+
+def layer_stride(model, i: int) -> int:
+    """Input pixels per token of layer `i`: the patch size for a ViT (every block keeps the grid), 4·2^i for stage i
+    of a ConvNeXt (the stem's 4, then ×2 per downsampling)."""
+    return model.patch_size // 2 ** (model.n_blocks - 1 - i) if is_convnext(model) else model.patch_size
+
+
+def _on_grid(model, i: int, tokens: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Layer `i`'s tokens `[B, n, C]` for an input of `size` pixels → a map `[B, h, w, C]` on the output `grid`.
+    A ViT's blocks all share the grid; a ConvNeXt's earlier stages are finer and are resized (the released
+    `pseudo_patch_size` rule: bilinear, antialiased)."""
+    if tokens.shape[1] == grid[0] * grid[1]:
+        return tokens.unflatten(1, grid)
+    s = layer_stride(model, i)
+    fmap = tokens.transpose(1, 2).unflatten(2, (size[0] // s, size[1] // s))  # [B, C, h_i, w_i]
+    fmap = F.interpolate(fmap.float(), size=grid, mode="bilinear", antialias=True)  # [B, C, h, w]
+    return fmap.permute(0, 2, 3, 1)
+
+
 @torch.inference_mode()
 def _forward(model, x: torch.Tensor, layers: Sequence[int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """One batch `[B, 3, H, W]` → `cls [B, D]`, `registers [B, R, D]`, `patches [B, h, w, D]`, `layer{i}` maps."""
-    depth = len(model.blocks)
+    depth = model.n_blocks  # what get_intermediate_layers counts: blocks (ViT) or stages (ConvNeXt)
     blocks = sorted(set(layers) | {depth - 1})
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         outs = model.get_intermediate_layers(x, n=blocks, return_class_token=True, return_extra_tokens=True)
@@ -103,7 +133,7 @@ def _forward(model, x: torch.Tensor, layers: Sequence[int], dtype: torch.dtype) 
     patches, cls, registers = by_block[depth - 1]
     result = {"cls": cls, "registers": registers, "patches": patches.unflatten(1, (h, w))}
     for i in layers:
-        result[f"layer{i}"] = by_block[i][0].unflatten(1, (h, w))
+        result[f"layer{i}"] = _on_grid(model, i, by_block[i][0], tuple(x.shape[-2:]), (h, w))
     return {k: v.float() for k, v in result.items()}
 
 
@@ -241,9 +271,10 @@ def extract_features(
 ) -> Path:
     """Extract features of every image in `inputs` (images, folders, `.txt`/`.csv` lists) into `output`.
 
-    `size`: shorter side in pixels (None: native size); both sides are rounded to the patch size. `tile` and
-    `overlap` (pixels, rounded to the patch size) cut images into tiles whose patch maps are stitched. `layers`:
-    0-based block indices whose (final-normed) patch tokens are stored too. Resumable: images already in
+    `size`: shorter side in pixels (None: native size); both sides are rounded to the patch size (at least one
+    patch). `tile` and `overlap` (pixels, rounded to the patch size) cut images into tiles whose patch maps are
+    stitched. `layers`: 0-based block indices (ConvNeXt: stage indices, see the module docstring) whose
+    (final-normed) patch tokens are stored too. Resumable: images already in
     `output/index.jsonl` are skipped. `device` defaults to CUDA when available. Returns the output folder."""
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -253,10 +284,12 @@ def extract_features(
             f"or 'npy'; got {dtype!r}, {store_dtype!r}, {format!r}"
         )
     p = model.patch_size
-    depth = len(model.blocks)
+    depth = model.n_blocks
     layers = sorted({int(i) for i in layers})
     if any(not 0 <= i < depth for i in layers):
-        raise UserError(f"--layers must be block indices in [0, {depth}) for this {depth}-block model; got {layers}")
+        what = "stage indices" if is_convnext(model) else "block indices"
+        raise UserError(f"--layers must be {what} in [0, {depth}) for this {depth}-{what.split()[0]} model; "
+                        f"got {layers}")  # fmt: skip
     if tile is not None:
         tile = round_to_patch(tile, p)
         overlap = round(overlap / p) * p
@@ -271,6 +304,9 @@ def extract_features(
         format=format, patch_size=p, embed_dim=cfg.embed_dim, num_registers=cfg.num_registers,
         extra={"tiled_cls": "mean over tiles" if tile else None, "norm": "final LayerNorm on all stored tokens"},
     )  # fmt: skip
+    if is_convnext(model):  # recorded only for ConvNeXts, so that ViT folders written before still resume
+        settings.extra |= {"norm": "final LayerNorm on the last stage only (stages 0-2 have none, as released)",
+                           "layers": "ConvNeXt stages, widths dims[i], resized to the stride-32 grid"}  # fmt: skip
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads(json.dumps(asdict(settings)))  # normalise tuples → lists, as read back

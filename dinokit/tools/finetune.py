@@ -6,6 +6,8 @@ the whole model. Unlike `heads.train_head_on_images`, features cannot be cached:
 (forward and backward through the adapters), so this suits the few-shot sets it is meant for. Images are
 decoded and preprocessed once and kept in memory; a batch with images of several sizes runs one forward per
 size. The backbone stays in eval mode (no stochastic depth); only the adapters and the head learn.
+
+ViTs only, as LoRA here adapts attention: a ConvNeXt is refused before any image is read (`lora.require_attention`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .heads import (
     predict,
     read_labels,
 )
-from .lora import add_lora, parameter_counts
+from .lora import add_lora, parameter_counts, require_attention
 
 
 def _vectors(model, images: list[torch.Tensor], source: str) -> torch.Tensor:
@@ -55,6 +57,7 @@ def finetune_classifier(
     including the trainable parameter counts."""
     if task not in ("single", "multi"):
         raise UserError("LoRA fine-tuning trains classifiers (--task single or multi)")
+    require_attention(model)  # before the images are decoded
     paths, classes, targets = read_labels(source, task)
     prep = Preprocess(model.patch_size, size)
     images = [prep(decode_image(p)) for p in tqdm(paths, desc="load images", disable=not progress)]

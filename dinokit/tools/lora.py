@@ -9,6 +9,9 @@ Linear back, so `save_backbone` and the ONNX export see an ordinary backbone.
 
 Adapters are saved alone (`save_adapter`: a small safetensors file with rank, α, targets and blocks in its
 metadata) and loaded onto any backbone of the same architecture (`load_adapter`).
+
+ViTs only: a ConvNeXt has no attention, hence no q / k / v to adapt, and `add_lora` / `load_adapter` refuse it
+with a `UserError` (adapting its pointwise Linears would be another method with other targets, not offered here).
 """
 
 from __future__ import annotations
@@ -77,6 +80,16 @@ class LoRAQKV(nn.Module):
             self.merged = False
 
 
+def require_attention(model: nn.Module) -> None:
+    """LoRA adapts attention projections: refuse, in one clear message, a backbone without attention."""
+    if getattr(getattr(model, "config", None), "kind", "vit") != "vit":
+        raise UserError(
+            "LoRA adapters attach to the attention projections (q, k, v) of a vision transformer; this backbone is "
+            "a ConvNeXt, which has no attention. Train a head on its frozen features instead (`dinokit head train` "
+            "without --lora)."
+        )
+
+
 def _attention_blocks(model: nn.Module, blocks: Sequence[int] | None):
     indices = range(len(model.blocks)) if blocks is None else blocks
     for i in indices:
@@ -101,6 +114,7 @@ def add_lora(
         raise UserError(f"LoRA targets must be one of {sorted(TARGETS)}, got {targets!r}")
     if rank < 1:
         raise UserError(f"LoRA rank must be at least 1, got {rank}")
+    require_attention(model)
     if freeze:
         model.requires_grad_(False)
     for _, attn in _attention_blocks(model, blocks):
@@ -111,7 +125,9 @@ def add_lora(
 
 
 def lora_modules(model: nn.Module) -> dict[int, LoRAQKV]:
-    return {i: b.attn.qkv for i, b in enumerate(model.blocks) if isinstance(b.attn.qkv, LoRAQKV)}
+    """The adapters by block index (none for a backbone without attention, which cannot hold any)."""
+    qkv = {i: getattr(getattr(block, "attn", None), "qkv", None) for i, block in enumerate(model.blocks)}
+    return {i: m for i, m in qkv.items() if isinstance(m, LoRAQKV)}
 
 
 def merge_lora(model: nn.Module) -> None:
@@ -169,6 +185,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, freeze: bool = True)
         raise UserError(f"{path}: not a dinokit LoRA adapter ({e})") from None
     if not meta:
         raise UserError(f"{path}: not a dinokit LoRA adapter (no configuration in its metadata)")
+    require_attention(model)
     if not lora_modules(model):
         add_lora(model, meta["rank"], meta["alpha"], meta["targets"], meta["blocks"], freeze=freeze)
     for i, m in lora_modules(model).items():

@@ -12,12 +12,19 @@ For SLAM / visual odometry front ends that already have keypoints (corners, a de
   distance of unit vectors, `d = sqrt(2 − 2·cos)`).
 - `warp_image`, `project_points`: a homography applied to an image and to points, to check a matcher on a
   pair with known correspondences.
+
+ConvNeXt backbones: the final output is the last stage at stride 32 (`patch_size`); `layer` is a stage index
+(0–3), and stage i's map is finer, stride 4·2^i, and narrower (`dims[i]`), so `describe` samples it on its own
+grid and the default keypoints are that grid's cell centres. Only the last stage has a norm (as released).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..errors import UserError
+from .extract import layer_stride
 
 
 def grid_keypoints(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
@@ -45,10 +52,14 @@ def describe(
     model, image: torch.Tensor, keypoints: torch.Tensor | None = None, layer: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Descriptors of a normalised image `[3, H, W]` at `keypoints [N, 2]` (pixels, x/y; default: the patch
-    centres) from the final output or block `layer` (0-based, final-normed). Returns `(keypoints, [N, D])`."""
-    p = model.patch_size
+    centres) from the final output or block `layer` (0-based, final-normed; a ConvNeXt stage, see the module
+    docstring). Returns `(keypoints, [N, D])`."""
+    depth = model.n_blocks  # what get_intermediate_layers counts: blocks (ViT) or stages (ConvNeXt)
+    block = depth - 1 if layer is None else layer
+    if not 0 <= block < depth:
+        raise UserError(f"layer {layer} is outside [0, {depth}) for this backbone")
+    p = layer_stride(model, block)  # pixels per token of that layer
     grid = (image.shape[-2] // p, image.shape[-1] // p)
-    block = len(model.blocks) - 1 if layer is None else layer
     (patches,) = model.get_intermediate_layers(image[None], n=[block])  # [1, h·w, D]
     patch_map = patches[0].reshape(*grid, -1)  # [h, w, D]
     if keypoints is None:

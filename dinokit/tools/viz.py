@@ -13,6 +13,10 @@
 
 `render_pca`, `render_similarity` and `render_attention` run a backbone on images and return the picture as a
 uint8 array `[H, W, 3]`, which `dinokit viz` saves as PNG.
+
+ConvNeXt backbones: PCA and similarity pictures use their last-stage tokens (stride 32, so a coarser map than a
+/16 ViT's at the same size). CLS attention maps need attention, which a ConvNeXt has none of (its "CLS" is the
+average pool of the last map): `attention_maps` refuses one with a `UserError` naming the alternatives.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..atomic import atomic_write
-from .extract import Preprocess
+from ..errors import UserError
+from .extract import Preprocess, is_convnext
 from .matching import sample_descriptors
 
 
@@ -114,10 +119,21 @@ def similarity_map(
     return F.normalize(target.float(), dim=-1) @ q  # [h', w']
 
 
+def require_attention(model) -> None:
+    """Refuse, in one clear message, a backbone without self-attention (a ConvNeXt) where CLS attention is asked."""
+    if is_convnext(model):
+        raise UserError(
+            "CLS attention maps need a vision transformer: this backbone is a ConvNeXt, which has no attention "
+            "(its CLS token is the average pool of the last feature map). Use `dinokit viz pca` or "
+            "`dinokit viz similarity` to look at its features."
+        )
+
+
 @torch.inference_mode()
 def attention_maps(model, x: torch.Tensor) -> torch.Tensor:
     """Attention of CLS to every patch in the last block, per head: normalised images `[B, 3, H, W]` →
-    `[B, heads, h, w]` (each head's row of the softmax, restricted to the patches)."""
+    `[B, heads, h, w]` (each head's row of the softmax, restricted to the patches). ViTs only."""
+    require_attention(model)
     tokens, grid = model.prepare_tokens(x)
     rope = None if model.rope_embed is None else model.rope_embed(*grid)
     for block in model.blocks[:-1]:
@@ -222,8 +238,6 @@ def render_similarity(
     H0, W0 = images[0].shape[-2:]
     y, x = query if query is not None else (H0 / 2, W0 / 2)
     if not (0 <= y < H0 and 0 <= x < W0):
-        from ..errors import UserError
-
         raise UserError(f"query point (y={y}, x={x}) lies outside the first image ({H0}×{W0} px)")
     h_in, w_in = inputs[0][0].shape[-2:]
     qy, qx = y * h_in / H0, x * w_in / W0  # in model-input pixels
@@ -248,6 +262,7 @@ def _mark(img: np.ndarray, y: int, x: int, r: int = 6) -> None:
 
 def render_attention(model, images: Sequence[torch.Tensor], size: int | None = 448) -> np.ndarray:
     """One row per image: the input | the mean over heads | each head's CLS attention (own colour range)."""
+    require_attention(model)  # before any image is preprocessed
     rows = []
     for x, shown in prepare_images(model, images, size):
         attn = attention_maps(model, x[None])[0]  # [heads, h, w]

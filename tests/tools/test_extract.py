@@ -18,6 +18,7 @@ class LocalModel(nn.Module):
     (the mean of the whole input), so stitching positions and overlap averaging can be checked exactly."""
 
     patch_size = 4
+    n_blocks = 1  # what get_intermediate_layers counts (blocks, or a ConvNeXt's stages)
 
     def __init__(self):
         super().__init__()
