@@ -80,6 +80,9 @@ def load_checkpoint_model(source: str) -> nn.Module:
     state = found[1] if found else (torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None)
     if not isinstance(state, dict) or "config" not in state or "teacher" not in state:
         raise ConfigError(f"teacher.checkpoint={source} is not a dinokit training checkpoint or run folder")
+    if state["config"].get("distill"):
+        raise ConfigError(f"{source} is a distillation run: its students have no teacher heads to distil "
+                          "through; give one student's backbone (students/<name>/backbone) to distil its features")
     saved = from_dict(PretrainConfig, {k: v for k, v in state["config"].items() if k in ("model", "losses")})
     backbone = create_backbone(saved.model.backbone, **saved.model.backbone_options)
     model = build_ssl_model(backbone, saved.model, saved.losses.enabled())

@@ -118,6 +118,14 @@ def test_the_teacher_sees_larger_crops_with_teacher_scale(teacher_run, image_fol
     assert teacher_out.patches.shape[1] == 16  # resampled to the student's 4 × 4 grid
 
 
+def test_a_distillation_run_is_not_a_teacher_with_heads(teacher_run, image_folder, tmp_path):
+    out = tmp_path / "d"
+    train(distill_cfg(teacher_run, image_folder, out, "train.steps=1"))
+    with pytest.raises(ConfigError, match="is a distillation run"):
+        load_teacher(str(out))
+    assert load_teacher(str(out / "students" / "vit" / "backbone")).has_heads is False  # its students can teach
+
+
 def test_resample_keeps_constants_and_grids():
     x = torch.full((2, 5, 8, 8), 3.0)
     assert torch.allclose(resample(x, (2, 3)), torch.full((2, 5, 2, 3), 3.0))
