@@ -186,8 +186,9 @@ def build_distillation(cfg: PretrainConfig, info: D.DistInfo) -> Parts:
                 unit.compile()
     optimizer = build_optimizer(groups, cfg.optim.betas)
     sizes = CropSizes(cfg.crops.global_size, cfg.crops.local_size)
-    if d.teacher_scale != 1.0:
-        sizes = dataclasses.replace(sizes, extra={"teacher": round(cfg.crops.global_size * d.teacher_scale)})
+    size = teacher_crop_size(teacher.backbone, cfg.crops.global_size, d.teacher_scale)
+    if size != cfg.crops.global_size:
+        sizes = dataclasses.replace(sizes, extra={"teacher": size})
     stream_args = dict(
         source=source,
         views=MultiCrop.from_config(cfg.crops, cfg.data),
@@ -203,6 +204,18 @@ def build_distillation(cfg: PretrainConfig, info: D.DistInfo) -> Parts:
     )
     log.info("teacher %s (%s); global batch %d; peak lr %.3g", d.teacher, mode, global_batch, schedules["lr"].peak)
     return Parts(meta, optimizer, schedules, stream_args, global_batch)
+
+
+def teacher_crop_size(backbone: nn.Module, global_size: int, scale: float) -> int:
+    """The side of the teacher's crops: `scale ×` the students' global crops, rounded to a multiple of the teacher's
+    patch size when its learned position embedding needs one (a DINOv2 teacher, patch 14, for patch-16 students)."""
+    size = round(global_size * scale)
+    p = backbone.patch_size
+    if getattr(backbone.config, "pos_embed", None) == "learned" and size % p:
+        snapped = max(p, round(size / p) * p)
+        log.info("the teacher sees %d px crops (%d rounded to its patch size %d)", snapped, size, p)
+        size = snapped
+    return size
 
 
 def _student_groups(s, model: nn.Module, cfg: PretrainConfig) -> list[dict]:

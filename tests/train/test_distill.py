@@ -126,6 +126,26 @@ def test_a_distillation_run_is_not_a_teacher_with_heads(teacher_run, image_folde
     assert load_teacher(str(out / "students" / "vit" / "backbone")).has_heads is False  # its students can teach
 
 
+def test_a_patch14_teacher_sees_crops_of_a_size_it_takes():
+    from dinokit.models import create_backbone
+    from dinokit.train.distill import teacher_crop_size
+
+    v2, v3 = create_backbone("dinov2_test"), create_backbone("dinov3_test")
+    assert teacher_crop_size(v2, 64, 1.0) == 70 and teacher_crop_size(v2, 224, 1.0) == 224  # 5 × 14; 16 × 14
+    assert teacher_crop_size(v2, 64, 2.0) == 126 and teacher_crop_size(v3, 64, 1.5) == 96  # RoPE: any size
+
+
+def test_a_dinov2_teacher_into_a_patch16_student(image_folder, tmp_path):
+    from dinokit.models import create_backbone, save_backbone
+
+    save_backbone(create_backbone("dinov2_test"), tmp_path / "v2")
+    cfg = distill_cfg(tmp_path / "v2", image_folder, tmp_path / "d", "train.steps=1",
+                      "distill.students=[{name: s, backbone: dinov3_test}]")  # fmt: skip
+    train(cfg)
+    record = read_metrics(tmp_path / "d" / "metrics.jsonl")[-1]
+    assert record["s/feature_patches"] > 0  # the teacher's 5 × 5 grid (70 px) resampled to the student's 4 × 4
+
+
 def test_resample_keeps_constants_and_grids():
     x = torch.full((2, 5, 8, 8), 3.0)
     assert torch.allclose(resample(x, (2, 3)), torch.full((2, 5, 2, 3), 3.0))
