@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data.collate import Batch, mask_targets
-from .meta_arch import feature_std
+from .meta_arch import weighted_terms
 from .schedules import Schedules
 from .teachers.distill import DistillTeacher, SharedTeacherOutput
 
@@ -111,20 +111,7 @@ class DistillMetaArch(nn.Module):
         out = model(view)
         predicted = view.mask_indices if self.student[name].predict_patches else view.mask_indices[:0]
         teacher_out = self.teacher.for_student(shared, out.grid, predicted)
-        total = torch.zeros((), device=batch.global_crops.device)
-        metrics: dict[str, torch.Tensor] = {}
-        for term_name, term in self.terms[name].items():
-            with torch.autocast(batch.global_crops.device.type, enabled=False):  # losses in float32, as released
-                value, term_metrics = term(out, teacher_out, view, values)
-            weighted = values[f"weight/{term_name}"] * value
-            total = total + weighted
-            metrics[term_name] = value.detach()
-            metrics[f"{term_name}_weighted"] = weighted.detach()
-            metrics.update(term_metrics)
-        with torch.no_grad():
-            metrics["student_cls_std"] = feature_std(out.global_cls.flatten(0, 1))
-        metrics["loss"] = total.detach()
-        return total, metrics
+        return weighted_terms(self.terms[name], out, teacher_out, view, values)
 
     def _predicted_patches(self, batch: Batch, grid: tuple[int, int], seed: int) -> Batch:
         """The batch with masks on the student's `grid`: the patches its iBOT head predicts (module docstring).

@@ -52,21 +52,29 @@ class SSLMetaArch(nn.Module):
     def forward(self, batch: Batch, values: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         teacher_out = self.teacher(batch)
         student_out = self.student_forward(batch)
-        loss = torch.zeros((), device=batch.global_crops.device)
-        metrics: dict[str, torch.Tensor] = {}
-        for name, term in self.terms.items():
-            with torch.autocast(batch.global_crops.device.type, enabled=False):  # losses in float32, as released
-                value, term_metrics = term(student_out, teacher_out, batch, values)
-            weighted = values[f"weight/{name}"] * value
-            loss = loss + weighted
-            metrics[name] = value.detach()
-            metrics[f"{name}_weighted"] = weighted.detach()
-            metrics.update(term_metrics)
+        loss, metrics = weighted_terms(self.terms, student_out, teacher_out, batch, values)
         with torch.no_grad():
-            metrics["student_cls_std"] = feature_std(student_out.global_cls.flatten(0, 1))
             metrics["teacher_cls_std"] = feature_std(teacher_out.cls.flatten(0, 1))
-        metrics["loss"] = loss.detach()
         return loss, metrics
+
+
+def weighted_terms(terms, student_out, teacher_out, batch: Batch, values: dict[str, float]):
+    """Σ weight · term over the loss terms (in float32, as released), with each term's value, weighted value and
+    metrics, the student's CLS spread and the total (`loss`) as metrics."""
+    loss = torch.zeros((), device=batch.global_crops.device)
+    metrics: dict[str, torch.Tensor] = {}
+    for name, term in terms.items():
+        with torch.autocast(batch.global_crops.device.type, enabled=False):
+            value, term_metrics = term(student_out, teacher_out, batch, values)
+        weighted = values[f"weight/{name}"] * value
+        loss = loss + weighted
+        metrics[name] = value.detach()
+        metrics[f"{name}_weighted"] = weighted.detach()
+        metrics.update(term_metrics)
+    with torch.no_grad():
+        metrics["student_cls_std"] = feature_std(student_out.global_cls.flatten(0, 1))
+    metrics["loss"] = loss.detach()
+    return loss, metrics
 
 
 def feature_std(x: torch.Tensor) -> torch.Tensor:
