@@ -202,6 +202,7 @@ class StudentConfig:
     layerwise_decay: float | None = None  # default optim.layerwise_decay
     patch_embed_lr_mult: float | None = None  # default optim.patch_embed_lr_mult
     ranks: tuple[int, int] | None = None  # [first, end) of its process sub-group (default: the ranks split evenly)
+    terms: list[str] | None = None  # the run's loss terms it trains with (default: all), e.g. no ibot for a ConvNeXt
 
 
 @dataclass
@@ -359,6 +360,10 @@ class PretrainConfig:
         for i, s in enumerate(d.students):
             if s.base_lr is not None and s.base_lr <= 0:
                 out.append(f"distill.students[{i}].base_lr must be > 0, got {s.base_lr}")
+            unknown = sorted(set(s.terms or ()) - set(self.losses.enabled()))
+            if unknown:
+                out.append(f"distill.students[{i}].terms {unknown} are not in losses "
+                           f"(configured: {sorted(self.losses.enabled())})")  # fmt: skip
             if s.ranks is not None and not 0 <= s.ranks[0] < s.ranks[1]:
                 out.append(f"distill.students[{i}].ranks must be [first, end) with 0 <= first < end, got {s.ranks}")
         if d.teacher_scale <= 0:

@@ -167,10 +167,14 @@ def build_distillation(cfg: PretrainConfig, info: D.DistInfo) -> Parts:
         torch.manual_seed(cfg.seed + i)  # a student's initial weights do not depend on which others share the run
         key = f"distill.students[{i}].backbone"
         backbone = architecture_of(s.backbone).model(cfg.backbone_config(s.backbone, s.backbone_options, key))
-        model = build_ssl_model(backbone, model_cfg, terms_cfg, teacher.backbone.embed_dim, mask_inputs=False)
+        own = {n: c for n, c in terms_cfg.items() if s.terms is None or n in s.terms}
+        if not any(TERMS[n].teacher == mode for n in own):
+            raise ConfigError(f"distill.students[{i}] ({s.name}) has no loss term that reads the teacher's {mode} "
+                              f"among its terms {s.terms}")  # fmt: skip
+        model = build_ssl_model(backbone, model_cfg, own, teacher.backbone.embed_dim, mask_inputs=False)
         students[s.name] = model
         emas[s.name] = EMATeacher(model, schedules["momentum"])
-        terms[s.name] = build_terms(terms_cfg, term_ctx)
+        terms[s.name] = build_terms(own, term_ctx)
         groups += _student_groups(s, model, cfg)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("student %s: %s, %.1f M parameters", s.name, s.backbone, n_params / 1e6)

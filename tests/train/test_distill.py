@@ -126,6 +126,20 @@ def test_a_distillation_run_is_not_a_teacher_with_heads(teacher_run, image_folde
     assert load_teacher(str(out / "students" / "vit" / "backbone")).has_heads is False  # its students can teach
 
 
+def test_a_student_can_train_with_a_subset_of_the_terms(teacher_run, image_folder, tmp_path):
+    students = ("distill.students=[{name: a, backbone: dinov3_test}, {name: b, backbone: dinov3_convnext_test, "
+                "terms: [dino, koleo]}]")  # fmt: skip
+    parts = build(distill_cfg(teacher_run, image_folder, tmp_path, students), DistInfo())
+    assert set(parts.meta.terms["a"]) == {"dino", "ibot", "koleo"} and set(parts.meta.terms["b"]) == {"dino", "koleo"}
+    assert parts.meta.student["b"].ibot_head is None and parts.meta.student["a"].ibot_head is not None
+    _, metrics = parts.meta(SSLStream(**parts.stream_args).batch(0), parts.schedules(3))
+    assert "b/ibot" not in metrics and "a/ibot" in metrics
+    bad = distill_cfg(teacher_run, image_folder, tmp_path, "distill.students=[{name: a, backbone: dinov3_test, "
+                      "terms: [gram]}]")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"terms \['gram'\] are not in losses"):
+        bad.validate()
+
+
 def test_a_patch14_teacher_sees_crops_of_a_size_it_takes():
     from dinokit.models import create_backbone
     from dinokit.train.distill import teacher_crop_size
