@@ -7,7 +7,9 @@ each student is compared with:
   the same images (the ConvNeXt without iBOT, which needs a mask token it lacks) — the peer of the paper's claim
   that a distilled small model beats one trained alone;
 - the same students distilled from a heads-less copy of the teacher (its `teacher_backbone/` folder, what a
-  released backbone file gives): feature distillation against distillation through the heads.
+  released backbone file gives): feature distillation against distillation through the heads;
+- the ConvNeXt distilled alone through the heads without the iBOT term (`terms: [dino, koleo]`, as the
+  `distill/tiny_cpu` recipe trains it).
 
 k-NN (k = 20 and 200) and the linear probe of the demo, each difference with its 95 % paired-bootstrap interval
 over the validation images (`dinokit/eval/significance.py`).
@@ -130,6 +132,11 @@ def main() -> None:
         "features": run(args.out / "distill_features", "distill/tiny_cpu",
                         [*common, f"distill.teacher={args.teacher / 'teacher_backbone'}", students_override()]),
     }  # fmt: skip
+    # the ConvNeXt alone through the heads without iBOT (what `distill/tiny_cpu` gives it: `terms`)
+    preset, options = STUDENTS["convnext"]
+    alone = [{"name": "convnext", "backbone": preset, "backbone_options": options, "terms": ["dino", "koleo"]}]
+    runs["heads_no_ibot"] = run(args.out / "distill_heads_convnext_no_ibot", "distill/tiny_cpu",
+                                [*common, f"distill.teacher={args.teacher}", "distill.students=" + json.dumps(alone)])
     models = {"teacher": load_backbone(args.teacher / "teacher_backbone")}
     for name, (preset, options) in STUDENTS.items():
         losses = "losses={dino: {}, koleo: {weight: 0.1}}" if preset.startswith("dinov3_convnext") else None
@@ -139,20 +146,24 @@ def main() -> None:
         torch.manual_seed(0)
         models[f"{name}/random"] = create_backbone(preset, **options).eval()
         for kind, folder in runs.items():
-            models[f"{name}/{kind}"] = load_backbone(folder / "students" / name / "backbone")
+            if (folder / "students" / name).is_dir():
+                models[f"{name}/{kind}"] = load_backbone(folder / "students" / name / "backbone")
     results = {name: scores(m, args.data, args.size) for name, m in models.items()}
     table = {name: dict(r) for name, r in results.items()}
     comparisons = []
     for name in STUDENTS:
-        for a, b in (("scratch", "heads"), ("scratch", "features"), ("features", "heads"), ("random", "heads")):
+        pairs = [("scratch", "heads"), ("scratch", "features"), ("features", "heads"), ("random", "heads")]
+        if f"{name}/heads_no_ibot" in results:
+            pairs += [("heads", "heads_no_ibot"), ("scratch", "heads_no_ibot"), ("features", "heads_no_ibot")]
+        for a, b in pairs:
             for key in ("knn_top1_k20", "knn_top1_k200", "linear_top1"):
                 before, after = results[f"{name}/{a}"], results[f"{name}/{b}"]
                 low, high = paired_bootstrap(before.per_item[key], after.per_item[key])
                 comparisons.append(dict(student=name, a=a, b=b, key=key, a_value=before[key], b_value=after[key],
                                         change=after[key] - before[key], interval=[low, high],
                                         beyond_noise=beyond_noise((low, high))))  # fmt: skip
-    ratios = {name: {kind: results[f"{name}/{kind}"]["knn_top1_k20"] / results["teacher"]["knn_top1_k20"]
-                     for kind in ("heads", "features", "scratch")} for name in STUDENTS}  # fmt: skip
+    ratios = {name: {kind.split("/")[1]: r["knn_top1_k20"] / results["teacher"]["knn_top1_k20"]
+                     for kind, r in results.items() if kind.startswith(f"{name}/")} for name in STUDENTS}  # fmt: skip
     (args.out / "results.json").write_text(json.dumps({"scores": table, "comparisons": comparisons,
                                                        "knn_k20_fraction_of_teacher": ratios}, indent=2))  # fmt: skip
     print(f"{'model':22s} {'k-NN k=20':>10s} {'k-NN k=200':>11s} {'linear':>8s}")
