@@ -14,7 +14,8 @@ Deviations from the released code, none of which changes a number:
 - In eval mode (or with no RoPE augmentation) the RoPE tables are computed once per forward rather than in
   every block; in training with augmentation they are recomputed per block, as released.
 - `get_intermediate_layers` stops after the last requested block instead of running the whole depth.
-- Without autograd, the resized learned position embedding is cached per grid (same values, computed once).
+- Without autograd, the resized learned position embedding is cached per grid (same values, computed once;
+  not for weights created under `inference_mode`, which have no version counter to notice a change).
 - DINOv2 inputs whose sides are not multiples of the patch size are rejected with a clear error (the released
   code fails an assertion); DINOv3 inputs of any size are accepted and cropped by the strided convolution.
 """
@@ -181,9 +182,11 @@ class VisionTransformer(nn.Module):
 
     def _resized_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
         """The position embedding for `grid`; without autograd, the resized copy is cached per grid and
-        recomputed whenever the parameter changes (its version counter or storage)."""
+        recomputed whenever the parameter changes (its version counter or storage). A parameter created under
+        `torch.inference_mode()` has no version counter, so an in-place change could not be seen: it is resized
+        at every call instead (a small interpolation beside the forward)."""
         pos = self.pos_embed
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling() or pos.is_inference():
             return interpolate_pos_embed(pos, grid, self.config.pos_interpolation)
         key = (grid, pos._version, pos.data_ptr(), pos.dtype, pos.device, torch.is_inference_mode_enabled())
         if self._pos_cache is None or self._pos_cache[0] != key:
