@@ -50,15 +50,22 @@ from .checkpoint import (
 from .logging import RunLog
 from .monitor import HealthMonitor
 from .optim import apply_schedules, clip_gradients
+from .run_lock import RunLock
 
 log = logging.getLogger("dinokit.train")
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 
 
 def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = None) -> Path:
-    """Train (or continue training) as configured; returns the run folder."""
+    """Train (or continue training) as configured; returns the run folder. The run holds its folder's lock
+    (`run_lock.py`) from start to end: a second run into the same folder is refused."""
     cfg.validate()
     info = D.init_distributed()
+    with RunLock(Path(cfg.output_dir), enabled=info.is_main):
+        return _train(cfg, resume, eval_fn, info)
+
+
+def _train(cfg: PretrainConfig, resume: bool, eval_fn: EvalFn | None, info: D.DistInfo) -> Path:
     if eval_fn is None and cfg.eval.knn.train:
         from ..eval.periodic import knn_callback
 
