@@ -60,10 +60,12 @@ def _read_teacher(source: str):
     path = Path(source)
     state = None
     if path.is_file() and path.suffix in (".pth", ".pt", ".bin"):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            state = None  # not a plain training checkpoint: load_backbone below explains what it is
+        for mmap in (True, False):  # memory-mapped, so the weights are read once, by the loader that uses them;
+            try:  # files in torch's legacy (non-zip) format cannot be mapped and are read whole
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+                break
+            except Exception:
+                state = None  # not a plain training checkpoint: load_backbone below explains what it is
     dinokit_run = path.is_dir() and (path / "checkpoints").is_dir()
     if dinokit_run or (isinstance(state, dict) and "config" in state and "teacher" in state):
         model = load_checkpoint_model(source)  # the architecture comes from the run's config
