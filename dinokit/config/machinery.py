@@ -19,6 +19,7 @@ Merging rules:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -256,16 +257,15 @@ def _convert_scalar(tp: Any, value: Any, where: str) -> Any:
                 return int(f)
         raise bad
     if tp is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise bad
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-6 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+        try:
+            number = float(value)  # PyYAML reads 1e-6 (no dot) as a string
+        except ValueError:
+            raise bad from None
+        if not math.isfinite(number):  # `.inf` / `.nan` would train to NaN weights without another error
+            raise ConfigError(f"{where or 'config'}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

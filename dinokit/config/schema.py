@@ -293,6 +293,7 @@ class PretrainConfig:
         checks = [
             ("seed", self.seed, ">= 0", self.seed >= 0),
             ("data.num_workers", self.data.num_workers, ">= 0", self.data.num_workers >= 0),
+            ("data.std", list(self.data.std), "> 0 (images are divided by it)", all(x > 0 for x in self.data.std)),
             ("optim.base_lr", o.base_lr, "> 0", o.base_lr > 0),
             ("optim.min_lr", o.min_lr, ">= 0", o.min_lr >= 0),
             ("optim.warmup_steps", o.warmup_steps, ">= 0", o.warmup_steps >= 0),

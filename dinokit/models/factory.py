@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write, atomic_write_text
+from ..integrity import tensors_sha256
 from .architectures import ARCHITECTURES, architecture_of
 from .convert_hf import dinokit_to_hf
 from .weights import BackboneConfig, StateDict, check_state_dict, dinokit_to_official, infer_config, read_checkpoint
@@ -78,13 +79,16 @@ def save_backbone(
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config: BackboneConfig = model.config
     if format == "dinokit":
-        meta = {"format": "dinokit", "version": "1", "kind": config.kind, "backbone": json.dumps(config.to_dict())}
+        digest = tensors_sha256(sd)  # verified when the file is read (`weights.py`)
+        meta = {"format": "dinokit", "version": "1", "kind": config.kind, "backbone": json.dumps(config.to_dict()),
+                "tensors_sha256": digest}  # fmt: skip
         if path.suffix == ".safetensors":
             atomic_write(path, lambda tmp: _save_safetensors(sd, tmp, meta))
         else:
             path.mkdir(parents=True, exist_ok=True)
             atomic_write(path / "model.safetensors", lambda tmp: _save_safetensors(sd, tmp, None))
-            cfg = {"format": "dinokit", "version": 1, "kind": config.kind, "backbone": config.to_dict()}
+            cfg = {"format": "dinokit", "version": 1, "kind": config.kind, "backbone": config.to_dict(),
+                   "tensors_sha256": digest}  # fmt: skip
             atomic_write_text(path / "config.json", json.dumps(cfg, indent=2))
     elif format == "official":
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,11 @@
 Supported sources (never fetched from the network unless the user passes an http(s) URL):
 - released DINOv2 `.pth` files (`pos_embed`, `register_tokens`, `blocks.{i}.…`) and DINOv3 ones
   (`storage_tokens`, `rope_embed.periods`, `attn.qkv.bias_mask`, `local_cls_norm` …);
+- training checkpoints (a `.pt` / `.pth` with a `<name>.sha256` side file is checked against it first);
 - released training checkpoints: the teacher backbone under `teacher.backbone.` (or `{"teacher": …}` with
   `backbone.`), DINOv2 block chunks `blocks.{chunk}.{i}` flattened to `blocks.{i}`;
 - dinokit files: a folder with `config.json` + `model.safetensors`, or one `.safetensors` file whose
-  metadata holds the config;
+  metadata holds the config; the weights are checked against the digest saved with them (`tensors_sha256`);
 - Hugging Face model folders (`config.json` + `model.safetensors` / `pytorch_model.bin`, sharded or not).
 - released DINOv3 ConvNeXt `.pth` files (`downsample_layers.{i}.…`, `stages.{s}.{j}.…`, `norm.*` and its copy
   `norms.3.*`) and any of the wrappers above around them.
@@ -26,10 +27,12 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
 from ..errors import ConfigError, UserError
+from ..integrity import DamagedFile, check_file, tensors_sha256
 from .architectures import ARCHITECTURES
 from .config import ViTConfig
 from .convert_hf import hf_to_dinokit, is_hf_state_dict, released_head_dim
@@ -70,8 +73,23 @@ def read_checkpoint(source: str | os.PathLike | StateDict) -> tuple[StateDict, B
 
 
 def _read_path(path: str) -> tuple[StateDict, BackboneConfig | None, dict]:
+    if not path.strip():  # Path("") is the current folder: reading it would hide the mistake
+        raise CheckpointError("the checkpoint path is empty; give a file or folder path, or an http(s) URL")
     if path.startswith(("http://", "https://")):
-        sd = torch.hub.load_state_dict_from_url(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.hub.load_state_dict_from_url(path, map_location="cpu", weights_only=True)
+        except OSError as e:  # urllib's URLError / HTTPError: no network, an unknown host, no file at that address
+            raise CheckpointError(
+                f"could not download {path} ({getattr(e, 'reason', e)}); check the address and the network "
+                "connection, or download the file yourself and pass its path"
+            ) from None
+        except Exception:  # downloaded, but not a weights-only checkpoint (a web page, a pickle of objects)
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(path).path).name
+            try:
+                _torch_load(cached)  # says what the file is instead
+            except CheckpointError as e:
+                raise CheckpointError(f"downloaded {path}, but {e}") from None
+            raise CheckpointError(f"{path} was downloaded but is not a weights-only PyTorch checkpoint") from None
         return sd, None, {"format": "state_dict", "path": path}
     p = Path(path).expanduser()
     if not p.exists():
@@ -79,22 +97,32 @@ def _read_path(path: str) -> tuple[StateDict, BackboneConfig | None, dict]:
     if p.is_dir():
         return _read_folder(p)
     if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-                sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-        except Exception as e:  # safetensors raises its own error type for a damaged or truncated file
-            raise CheckpointError(f"could not read {p} as a safetensors file ({e})") from None
+        sd, meta = _load_safetensors(p)
         if meta.get("format") == "dinokit":
-            config = stored_config(meta.get("kind", "vit"), json.loads(meta["backbone"]), p)
+            try:
+                fields = json.loads(meta.get("backbone", ""))
+            except ValueError:  # damaged metadata: stored_config names what is missing
+                fields = None
+            config = stored_config(meta.get("kind", "vit"), fields, p)
+            _check_tensors(sd, meta.get("tensors_sha256"), p)
             return sd, config, {"format": "dinokit", "path": str(p)}
         return sd, None, {"format": "state_dict", "path": str(p)}
     return _torch_load(p), None, {"format": "state_dict", "path": str(p)}
 
 
+def _load_safetensors(p: Path) -> tuple[StateDict, dict[str, str]]:
+    """The tensors and metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}  # noqa: SIM118 (not a mapping)
+    except Exception as e:  # safetensors raises its own error type for a damaged or truncated file
+        raise CheckpointError(f"could not read {p} as a safetensors file ({e})") from None
+
+
 def _torch_load(p: Path) -> Any:
+    check_file(p)  # a training checkpoint's side file `<name>.sha256`, where there is one
     with open(p, "rb") as f:
         magic = f.read(2)
     if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch.save writes a zip archive (or, before 1.6, a pickle)
@@ -116,19 +144,36 @@ def _read_folder(p: Path) -> tuple[StateDict, BackboneConfig | None, dict]:
     cfg_path = p / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{p} is a folder without config.json (expected a dinokit or HF model folder)")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as e:  # not JSON, or not UTF-8 text
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); restore it from the model's source") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} holds no JSON object; restore it from the model's source")
     if cfg.get("format") == "dinokit":
-        from safetensors.torch import load_file
-
-        config = stored_config(cfg.get("kind", "vit"), cfg["backbone"], cfg_path)
-        return load_file(str(p / "model.safetensors")), config, {"format": "dinokit", "path": str(p)}
+        config = stored_config(cfg.get("kind", "vit"), cfg.get("backbone"), cfg_path)
+        if not (p / "model.safetensors").is_file():
+            raise CheckpointError(f"{p} is a dinokit model folder without model.safetensors (its weights); copy "
+                                  "the whole folder that save_backbone or `dinokit convert` wrote")  # fmt: skip
+        sd, _ = _load_safetensors(p / "model.safetensors")
+        _check_tensors(sd, cfg.get("tensors_sha256"), p / "model.safetensors")
+        return sd, config, {"format": "dinokit", "path": str(p)}
     if "model_type" not in cfg:
         raise CheckpointError(f"{cfg_path} is neither a dinokit nor a Hugging Face config")
     return _read_hf_weights(p), None, {"format": "hf", "path": str(p), "hf_config": cfg}
 
 
-def stored_config(kind: str, fields: dict[str, Any], where: Path) -> BackboneConfig:
+def _check_tensors(sd: StateDict, expected: str | None, where: Path) -> None:
+    """A dinokit file's weights against the digest saved with them (files from before digests have none)."""
+    if expected and tensors_sha256(sd) != expected:
+        raise DamagedFile(f"{where} is damaged: its weights differ from the SHA-256 saved with them (the file was "
+                          "changed on disk or in a copy); use another copy")  # fmt: skip
+
+
+def stored_config(kind: str, fields: Any, where: Path) -> BackboneConfig:
     """The config a dinokit file stored, rebuilt with the config class of its backbone kind."""
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{where} holds no backbone config (a `backbone` object of architecture fields)")
     if kind not in ARCHITECTURES:
         raise CheckpointError(f"{where} holds a backbone of unknown kind {kind!r} (known: {sorted(ARCHITECTURES)})")
     try:
@@ -138,12 +183,10 @@ def stored_config(kind: str, fields: dict[str, Any], where: Path) -> BackboneCon
 
 
 def _read_hf_weights(p: Path) -> StateDict:
-    from safetensors.torch import load_file
-
     if (p / "model.safetensors").exists():
-        return load_file(str(p / "model.safetensors"))
+        return _load_safetensors(p / "model.safetensors")[0]
     for index_name, loader in (
-        ("model.safetensors.index.json", lambda f: load_file(str(f))),
+        ("model.safetensors.index.json", lambda f: _load_safetensors(f)[0]),
         ("pytorch_model.bin.index.json", _torch_load),
     ):
         if (p / index_name).exists():

@@ -21,7 +21,7 @@ from ..config import ConfigError, PretrainConfig, from_dict
 from ..config.recipes import TRAINING_ONLY
 from ..data.masking import BlockMaskGenerator
 from ..data.multicrop import MultiCrop
-from ..data.stream import CropSizes, SSLStream, open_source
+from ..data.stream import CropSizes, SSLStream, open_source, raise_stream_errors
 from ..models import create_backbone, load_backbone
 from ..models.architectures import architecture_of
 from ..ssl.losses import BuildContext
@@ -30,7 +30,7 @@ from ..ssl.schedules import Schedules, build_schedules
 from ..ssl.targets import build_target
 from ..ssl.teachers import TEACHERS, TeacherContext
 from . import distributed as D
-from .checkpoint import load_latest
+from .checkpoint import load_latest, read_checkpoint_file
 from .optim import build_optimizer, param_groups
 
 log = logging.getLogger("dinokit.train")
@@ -77,7 +77,7 @@ def load_checkpoint_model(source: str) -> nn.Module:
     recorded in it: what a frozen teacher is built from."""
     path = Path(source)
     found = load_latest(path / "checkpoints") if path.is_dir() else None
-    state = found[1] if found else (torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None)
+    state = found[1] if found else (read_checkpoint_file(path) if path.is_file() else None)
     if not isinstance(state, dict) or "config" not in state or "teacher" not in state:
         raise ConfigError(f"teacher.checkpoint={source} is not a dinokit training checkpoint or run folder")
     if state["config"].get("distill"):
@@ -202,4 +202,4 @@ def data_iterator(stream: SSLStream, num_workers: int, pin_memory: bool):
         generator=torch.Generator(),  # keeps the global generator untouched (exact resume)
         prefetch_factor=2,
     )
-    return iter(loader)
+    return raise_stream_errors(iter(loader))

@@ -17,11 +17,13 @@ consolidated afterwards; the consolidated file is the only output, written atomi
 process. Restoring happens before the loop shards the student (`distributed.wrap_student` then shards the
 restored weights and optimiser state), so loading is the same plain `load_state_dict` on every world size.
 
-Files are `checkpoints/step_00001000.pt`; a save goes to a hidden temporary file that is renamed into place,
-so a crash mid-save never leaves a partial checkpoint under a real name. Resuming takes the newest file that
-loads; a damaged one (or a file that is not a training checkpoint) is reported and the next older is used. When
-checkpoints exist but none loads, resuming stops with an error rather than silently training from step 0 over
-them.
+Files are `checkpoints/step_00001000.pt`, each with its SHA-256 in `step_00001000.pt.sha256` (`integrity.py`);
+a save goes to a hidden temporary file that is renamed into place, so a crash mid-save never leaves a partial
+checkpoint under a real name. Before writing, the free space is checked against the state's size, and weights
+that are not finite are refused (they would be resumed as a "good" checkpoint). Resuming takes the newest file
+that matches its digest and loads; a damaged one (or a file that is not a training checkpoint) is reported by
+name and the next older is used. When checkpoints exist but none loads, resuming stops with an error rather
+than silently training from step 0 over them; the files are left as they are.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
 
-from ..atomic import atomic_write
+from ..atomic import DiskFull, atomic_write
 from ..config import to_dict
 from ..errors import UserError
+from ..integrity import check_file, digest_path, file_problem, write_file_digest
 from . import distributed as D
 
 log = logging.getLogger("dinokit.train")
@@ -53,20 +56,51 @@ def checkpoint_files(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+class NonFiniteWeights(UserError):
+    """A checkpoint would hold NaN or infinite weights."""
+
+
 def save_checkpoint(directory: Path, step: int, state: dict, keep: int = 3) -> Path:
+    """Write `state` as `step_<step>.pt` with its digest, then drop all but the newest `keep` checkpoints."""
+    broken = non_finite_tensors({k: state[k] for k in ("student", "teacher", "extra_teachers") if k in state})
+    if broken:
+        raise NonFiniteWeights(f"the weights after step {step} are not finite ({len(broken)} tensor(s), e.g. "
+                               f"{broken[0]}); no checkpoint was written for it")  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def write(tmp: Path) -> None:
+        torch.save(state, tmp)
+        write_file_digest(path, content=tmp)  # before the rename: every complete checkpoint has its digest
+
+    try:
+        atomic_write(path, write, size=int(sum(t.nbytes for t in _tensors(state)) * 1.01) + 2**20)  # + the pickle
+    except DiskFull as e:
+        kept = checkpoint_files(directory)
+        raise DiskFull(f"{e}. {f'The previous checkpoint, {kept[-1].name}, is intact. ' if kept else ''}Free some "
+                       "space (or lower checkpoint.keep) and run the same command again to resume") from None
     for old in checkpoint_files(directory)[:-keep]:
         old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
     return path
 
 
+def read_checkpoint_file(path: Path) -> dict:
+    """A training checkpoint's content, after checking it against its digest (`DamagedFile` otherwise)."""
+    check_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_latest(directory: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, or None when there is none; a UserError when there are some but none
-    loads (starting afresh would overwrite the evidence and the user's expectation of a resumed run)."""
+    """The newest checkpoint that matches its digest and loads, or None when there is none; a UserError when there
+    are some but none loads (starting afresh would overwrite the evidence and the user's expectation of a
+    resumed run)."""
     files = checkpoint_files(directory)
     for path in reversed(files):
+        damage = file_problem(path)
+        if damage:
+            log.warning("checkpoint %s is damaged: %s; trying an older one", path, damage)
+            continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged file: fall back to the previous one
@@ -140,6 +174,29 @@ def _local_part(meta, state: dict) -> dict:
     optimizer = state["optimizer"].get(",".join(names), {"missing": "another placement of the students"})
     return {**state, "student": mine(state["student"]), "extra_teachers": mine(state.get("extra_teachers", {}),
             "ema_"), "terms": mine(state["terms"]), "optimizer": optimizer}  # fmt: skip
+
+
+def _tensors(state):
+    """Every tensor in a nested checkpoint state."""
+    if torch.is_tensor(state):
+        yield state
+    elif isinstance(state, dict):
+        for v in state.values():
+            yield from _tensors(v)
+    elif isinstance(state, list | tuple):
+        for v in state:
+            yield from _tensors(v)
+
+
+def non_finite_tensors(state: dict, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested state dict that hold a NaN or an infinity."""
+    out = []
+    for k, v in state.items():
+        if isinstance(v, dict):
+            out += non_finite_tensors(v, f"{prefix}{k}.")
+        elif torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _to_cpu(state):

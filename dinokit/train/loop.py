@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import remove_stale_temporaries
 from ..config import PretrainConfig, changed_keys, save_config
 from ..data.stream import SSLStream
 from ..errors import UserError
@@ -49,7 +50,7 @@ from .checkpoint import (
 )  # fmt: skip
 from .logging import RunLog
 from .monitor import HealthMonitor
-from .optim import apply_schedules, clip_gradients
+from .optim import apply_schedules, clip_gradients, weights_finite
 from .run_lock import RunLock
 
 log = logging.getLogger("dinokit.train")
@@ -72,6 +73,7 @@ def _train(cfg: PretrainConfig, resume: bool, eval_fn: EvalFn | None, info: D.Di
         eval_fn = knn_callback(cfg.eval.knn, info.device)
     run = Path(cfg.output_dir)
     if info.is_main:
+        _remove_stale_temporaries(run)
         save_config(cfg, run / "config.yaml")
     parts = build(cfg, info)
     meta = parts.meta
@@ -92,7 +94,7 @@ def _train(cfg: PretrainConfig, resume: bool, eval_fn: EvalFn | None, info: D.Di
             micro = [next(batches) for _ in range(cfg.train.grad_accumulation)]
             skipped_files.update(name for b in micro for name in b.skipped)
             result = train_step(meta, parts.optimizer, micro, step, cfg.optim.clip_grad, autocast, info.device)
-            monitor.step_is_bad(result.bad, step, result.floats)
+            monitor.step_is_bad(result.bad, step, result.floats, result.weights_broken)
             done = step + 1
             runlog.step_done()
             evaluated = {}
@@ -104,7 +106,8 @@ def _train(cfg: PretrainConfig, resume: bool, eval_fn: EvalFn | None, info: D.Di
                     runlog.message(warning)
             stopping = D.any_rank(torch.tensor(stop.requested, device=info.device))
             if done == cfg.train.steps or stopping or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
-                _save(cfg, run, parts, monitor, info, done, next_batch + (done - start) * cfg.train.grad_accumulation)
+                monitor.last_checkpoint = _save(cfg, run, parts, monitor, info, done,
+                                                next_batch + (done - start) * cfg.train.grad_accumulation)
             if stopping:
                 runlog.message(f"stopped at step {done}; run the same command again to resume")
                 break
@@ -125,6 +128,7 @@ class StepResult:
     norms: dict[str, torch.Tensor]  # gradient norm per sub-module, before clipping
     values: dict[str, float]  # the schedules at this step
     bad: bool  # non-finite on some rank: the step was skipped
+    weights_broken: bool = False  # the update made some weight non-finite: the run cannot go on
 
     def floats(self) -> dict[str, float]:
         return {**{k: float(v) for k, v in self.metrics.items()}, **self.values}
@@ -154,11 +158,14 @@ def train_step(meta, optimizer, micro_batches: list, step: int, clip_grad, autoc
     norms = clip_gradients(optimizer, clip_grad)
     checked = torch.stack([*losses, *(x.float().reshape(()) for x in norms.values())])
     bad = D.any_rank(~torch.isfinite(checked).all())  # one synchronisation per step
+    weights_broken = False
     if not bad:
         optimizer.step()
-        for teacher in meta.teachers.values():
-            teacher.on_step_end(step)
-    return StepResult(metrics, norms, values, bad)
+        weights_broken = D.any_rank(~weights_finite(optimizer))  # the update itself overflowed (a huge LR)
+        if not weights_broken:  # an EMA of broken weights would break the teachers too
+            for teacher in meta.teachers.values():
+                teacher.on_step_end(step)
+    return StepResult(metrics, norms, values, bad or weights_broken, weights_broken)
 
 
 def _evaluate(eval_fn: EvalFn, meta, step: int) -> dict[str, float]:
@@ -188,17 +195,28 @@ def _export(meta, run: Path, info: D.DistInfo) -> None:
                         f"({', '.join(failed)}); the checkpoints hold them: run the same command again to retry")
 
 
+def _remove_stale_temporaries(run: Path) -> None:
+    """Delete what saves killed mid-way left behind (a partial checkpoint can be gigabytes); safe because this
+    run holds the folder's lock, so no other process is writing there."""
+    count, freed = remove_stale_temporaries(run)
+    if count:
+        log.info("removed %d temporary file(s) (%.1f MB) left by an interrupted save", count, freed / 1e6)
+
+
 def _autocast(precision: str, device: torch.device):
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def _save(cfg: PretrainConfig, run: Path, parts, monitor, info: D.DistInfo, step: int, next_batch: int) -> None:
-    """A consolidated checkpoint after `step` steps; `next_batch`: the first unseen batch of each rank's stream."""
+def _save(cfg: PretrainConfig, run: Path, parts, monitor, info: D.DistInfo, step: int, next_batch: int) -> Path:
+    """A consolidated checkpoint after `step` steps; `next_batch`: the first unseen batch of each rank's stream.
+    Returns its path (on every rank)."""
     state = training_state(cfg, parts, monitor, info, step, next_batch)
+    path = run / "checkpoints" / f"step_{step:08d}.pt"
     if state is not None:
-        save_checkpoint(run / "checkpoints", step, state, cfg.checkpoint.keep)
+        path = save_checkpoint(run / "checkpoints", step, state, cfg.checkpoint.keep)
     D.barrier()
+    return path
 
 
 def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, resume: bool) -> tuple[int, int]:
@@ -215,6 +233,7 @@ def _restore(cfg, run: Path, parts, monitor: HealthMonitor, info: D.DistInfo, re
         torch.manual_seed(cfg.seed + info.rank)  # training randomness (drop-path, RoPE jitter) differs per rank
         return 0, 0
     path, state = found
+    monitor.last_checkpoint = path
     changed = ", ".join(k for k in changed_keys(state["config"], cfg) if k != "output_dir")
     problem = restore_training_state(parts, state)
     if problem:

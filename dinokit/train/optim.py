@@ -10,6 +10,9 @@ fused / foreach kernels.
 Gradient clipping is per sub-module (backbone, each head), max norm 3.0, as released. With an FSDP-sharded
 student the gradients are DTensors: torch's norm is then a DTensor too, reduced over the ranks and returned as
 a plain tensor (the global norm, the same on every rank).
+
+`weights_finite` checks the parameters after an update: a finite gradient times a huge learning rate can still
+overflow them, and a step that did is no good step.
 """
 
 from __future__ import annotations
@@ -73,3 +76,10 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> 
         if isinstance(norms[name], DTensor):  # the shards' partial norms, combined over the ranks
             norms[name] = norms[name].full_tensor()
     return norms
+
+
+def weights_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """Whether every parameter this rank holds (its shards, with FSDP) is finite: a boolean tensor, no sync."""
+    params = [p.to_local() if isinstance(p, DTensor) else p for g in optimizer.param_groups for p in g["params"]]
+    largest = torch.nn.utils.get_total_norm([p.detach() for p in params if p.numel()], float("inf"), foreach=True)
+    return torch.isfinite(largest)  # the largest magnitude: NaN or inf when any entry is

@@ -1,6 +1,7 @@
 """One run per run folder: a second run into a folder in use exits 2 naming the holder, and a killed run's lock
 disappears with it."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -43,3 +44,29 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         except UserError:
             assert time.time() < deadline, "the lock outlived its process"
             time.sleep(0.1)
+
+
+def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path):
+    """Data-loading workers are forked: one that outlives its killed parent must not hold the folder."""
+    code = (f"import os, time; from dinokit.train.run_lock import RunLock\nwith RunLock({str(tmp_path)!r}):\n"
+            "    child = os.fork()\n    if child == 0:\n        time.sleep(60); os._exit(0)\n"
+            "    print(child, flush=True); time.sleep(60)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(UserError, match=f"pid {holder.pid}"):
+            RunLock(tmp_path).__enter__()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        with RunLock(tmp_path):  # at once, while the child still runs
+            assert _alive(child)
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
