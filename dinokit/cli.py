@@ -8,6 +8,7 @@ keep their traceback. Each verb is one `_add_<verb>` function registering its pa
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,25 @@ def _int_at_least(text: str, low: int) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (float() also accepts `nan` and `inf`, which no option means)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
@@ -63,12 +83,16 @@ def _add_info(sub) -> None:
 
 
 def _info(args) -> int:
+    import torch
+
+    from .models.architectures import ARCHITECTURES
     from .models.presets import match_preset
-    from .models.weights import LICENCES, infer_config, read_checkpoint
+    from .models.weights import LICENCES, check_state_dict, infer_config, read_checkpoint
 
     sd, stored, info = read_checkpoint(args.path)
-    config = stored or infer_config(sd, info.get("path", ""))
-    c = config
+    c = stored or infer_config(sd, info.get("path", ""))
+    with torch.device("meta"):  # the architecture without memory, to check the file as load_backbone does
+        check_state_dict(ARCHITECTURES[c.kind].model(c).state_dict(), sd)
     n_params = sum(v.numel() for k, v in sd.items() if not k.endswith(("bias_mask", "rope_embed.periods")))
     if c.kind == "convnext":
         rows = [
@@ -184,16 +208,16 @@ def _add_eval(sub) -> None:
     image_sets(q, "RGB folder (NYU style: train/rgb) or `rgb depth` list")
     q.add_argument("--train-depth", default=None, help="depth folder (default: rgb → depth in the path)")
     q.add_argument("--val-depth", default=None)
-    q.add_argument("--min-depth", type=float, default=1e-3)
-    q.add_argument("--max-depth", type=float, default=10.0)
-    q.add_argument("--depth-scale", type=float, default=1000.0, help="PNG units per metre (default 1000: mm)")
+    q.add_argument("--min-depth", type=finite_float, default=1e-3)
+    q.add_argument("--max-depth", type=finite_float, default=10.0)
+    q.add_argument("--depth-scale", type=positive_float, default=1000.0, help="PNG units per metre (default 1000: mm)")
     q.add_argument("--eigen-crop", action="store_true", help="score inside the standard NYU crop only")
     dense(q, 40000)
     q = protocol("retrieval", "instance retrieval (mAP)", 224)
     q.add_argument("--data", required=True, help="retrieval JSON: gallery, queries with positives and junk")
     q = protocol("correspondence", "keypoint correspondence (recall at pixel thresholds)", 224)
     q.add_argument("--pairs", required=True, help="pairs JSON: image_a, image_b, keypoints_a, keypoints_b")
-    q.add_argument("--thresholds", type=float, nargs="+", default=[5, 10, 20], help="pixels (default 5 10 20)")
+    q.add_argument("--thresholds", type=positive_float, nargs="+", default=[5, 10, 20], help="pixels (default 5 10 20)")
 
 
 def _eval(args) -> int:
@@ -203,8 +227,6 @@ def _eval(args) -> int:
 
     from . import eval as E
 
-    if args.protocol == "correspondence" and min(args.thresholds) <= 0:
-        raise UserError("--thresholds are distances in pixels and must be positive")
     out = Path(args.output) if args.output else None
     if out is not None:  # before the work, not after it: a long evaluation must not end in an unwritable path
         try:
@@ -271,7 +293,8 @@ def _add_data(sub) -> None:
     q.add_argument("output", help="output folder (created; must not exist or be empty)")
     q.add_argument("--seed", type=non_negative_int, default=0)
     q.add_argument("--size", type=int, default=128, help="image side in pixels, 32–2048 (default 128)")
-    q.add_argument("--scale", type=float, default=1.0, help="multiply every image count (default 1: ~3,300 items)")
+    q.add_argument("--scale", type=positive_float, default=1.0,
+                   help="multiply every image count (default 1: ~3,300 items)")  # fmt: skip
     q.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count, at most 8)")
     q.set_defaults(func=_data_synth)
 
@@ -279,8 +302,8 @@ def _add_data(sub) -> None:
 def _data_synth(args) -> int:
     from .data.synthetic import SynthConfig, write_synthetic
 
-    if not 32 <= args.size <= 2048 or args.scale <= 0:  # beyond 2048 px a scene's buffers outgrow a laptop
-        raise UserError("--size must be 32–2048 pixels and --scale positive")
+    if not 32 <= args.size <= 2048:  # beyond 2048 px a scene's buffers outgrow a laptop
+        raise UserError(f"--size must be 32–2048 pixels, got {args.size}")
     config = SynthConfig(size=args.size).scaled(args.scale)
     try:
         out = write_synthetic(args.output, args.seed, config, workers=args.workers)
@@ -444,7 +467,8 @@ def _add_viz(sub) -> None:
     p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
     p.add_argument("--output", required=True, help="PNG file")
     p.add_argument("--size", type=non_negative_int, default=448, help="shorter side in px (0: native)")
-    p.add_argument("--foreground", type=float, default=None, help="pca: black out the background below this value")
+    p.add_argument("--foreground", type=finite_float, default=None,
+                   help="pca: black out the background below this value")  # fmt: skip
     p.add_argument("--query", default=None, help="similarity: Y,X pixel in the first image (default: its centre)")
     p.set_defaults(func=_viz)
 
@@ -536,7 +560,7 @@ def _add_prototypes(sub) -> None:
     a.add_argument("images", nargs="+", metavar="IMAGE")
     a.add_argument("--prototypes", required=True, help="file from `dinokit prototypes build`")
     a.add_argument("--output", required=True, help="output folder (a PNG and an .npz per image)")
-    a.add_argument("--threshold", type=float, default=None, help="OOD threshold (default: the calibrated one)")
+    a.add_argument("--threshold", type=finite_float, default=None, help="OOD threshold (default: the calibrated one)")
     a.add_argument("--backbone", default=None, help="default: the backbone the prototypes were built with")
     a.set_defaults(func=_prototypes_apply)
 
@@ -596,7 +620,7 @@ def _add_head(sub) -> None:
     t.add_argument("--classes", default=None, help="segment: comma-separated class names")
     t.add_argument("--size", type=non_negative_int, default=224, help="shorter side in px (0: native)")
     t.add_argument("--epochs", type=positive_int, default=100)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=positive_float, default=1e-3)
     t.add_argument("--lora", type=non_negative_int, default=0, metavar="RANK", help="also fine-tune LoRA adapters")
     t.add_argument("--lora-targets", choices=["qv", "qkv"], default="qv")
     t.set_defaults(func=_head_train)

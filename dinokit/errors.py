@@ -1,5 +1,10 @@
 """User-facing errors: the command line prints their message (one paragraph) and exits with status 2."""
 
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 
 class UserError(Exception):
     """A mistake in the user's input (bad path, option, file or data), as opposed to an internal fault."""
@@ -7,3 +12,13 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """An invalid option or configuration value (also a ValueError for code that catches those)."""
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency; its absence is the installation's gap, not a fault, so it is a UserError
+    that names the extra of pyproject.toml installing it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f"{purpose} needs the optional package {module} ({e}); install it with "
+                        f"pip install 'dinokit[{extra}]'") from None  # fmt: skip

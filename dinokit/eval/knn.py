@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import require
 from .features import GlobalFeatures, align_classes, extract_global_features, labelled_sets, require_labels
 from .metrics import top1_accuracy
 from .significance import Scores, percent_of
@@ -41,8 +42,7 @@ def nearest_neighbours(
     if use_faiss is None:
         use_faiss = gallery.shape[0] >= FAISS_MIN_GALLERY and _faiss_available()
     if use_faiss:
-        import faiss
-
+        faiss = require("faiss", "faiss", "k-NN search with faiss")
         index = faiss.IndexFlatIP(gallery.shape[1])
         index.add(gallery.float().contiguous().numpy())
         sims, idx = index.search(queries.float().contiguous().numpy(), k)

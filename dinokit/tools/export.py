@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
-from ..errors import UserError
+from ..errors import UserError, require
 
 OUTPUT_NAMES = ("cls", "registers", "patches")
 
@@ -153,6 +153,8 @@ def export_onnx(
     `quantize=True` also writes `<stem>.int8.onnx` (dynamic int8) and reports its cosine similarity to fp32."""
     if opset < 17:
         raise UserError(f"ONNX export needs opset 17 or newer (got {opset})")
+    for package in ("onnx", "onnxscript", "onnxruntime"):  # the exporter, and the check of what it wrote
+        require(package, "onnx", "ONNX export")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if any(t.dtype != torch.float32 for t in model.parameters()):
@@ -191,8 +193,7 @@ def export_onnx(
 
 # ------------------------------------------------------------------------------------------ onnxruntime
 def _session(path: str | os.PathLike, threads: int | None = None):
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", "onnx", "running an ONNX model")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -221,11 +222,10 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: list[tuple[int
 
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Dynamic int8 quantisation (weights int8, activations quantised at run time) with onnxruntime."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    q = require("onnxruntime.quantization", "onnx", "int8 quantisation")
     dst = Path(dst)
     with _quiet_logger(None):  # onnxruntime logs a generic suggestion to pre-process the model first
-        return atomic_write(dst, lambda tmp: quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8))
+        return atomic_write(dst, lambda tmp: q.quantize_dynamic(str(src), str(tmp), weight_type=q.QuantType.QInt8))
 
 
 def photo_input(size: tuple[int, int], batch: int = 1) -> np.ndarray:

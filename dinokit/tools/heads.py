@@ -162,14 +162,14 @@ def save_head(head: nn.Module, config: HeadConfig, path: str | os.PathLike) -> N
 
 
 def load_head(path: str | os.PathLike) -> tuple[nn.Module, HeadConfig]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable head file ({e})") from None
+    except (OSError, ValueError, SafetensorError) as e:  # a missing file, or one that is not safetensors
+        raise UserError(f"{path}: not a readable head file ({e}); give the file `dinokit head train` wrote") from None
     if meta.get("format") != "dinokit-head":
         raise UserError(f"{path}: not a dinokit head (train one with `dinokit head train`)")
     config = HeadConfig(**json.loads(meta["config"]))
@@ -184,6 +184,9 @@ def read_multilabel_csv(path: str | os.PathLike) -> tuple[list[str], list[str], 
     import csv
     from pathlib import Path
 
+    if Path(path).is_dir():  # else the system's "Is a directory" would not say what was expected
+        raise UserError(f"{path} is a folder; multi-label training reads a CSV file with a header "
+                        "`path,<label 1>,<label 2>,…` and one row of 0/1 values per image")  # fmt: skip
     rows = list(csv.reader(Path(path).read_text().splitlines()))
     if len(rows) < 2 or len(rows[0]) < 2:
         raise UserError(f"{path}: a multi-label list needs a header `path,<label>,…` and one row per image")
@@ -220,6 +223,9 @@ def read_labels(source: str, task: str) -> tuple[list[str], list[str], torch.Ten
         return paths, [], None
     if images.labels is None:
         raise UserError(f"{source}: single-label training needs class sub-folders or a path,label list")
+    if len(images.classes) < 2:
+        raise UserError(f"{source}: a classifier needs at least 2 classes, found only {images.classes[0]!r}; add a "
+                        "sub-folder (or list label) per class")  # fmt: skip
     return paths, images.classes, torch.tensor(images.labels)
 
 

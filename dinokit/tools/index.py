@@ -20,17 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write, atomic_write_text
-from ..errors import UserError
+from ..errors import UserError, require
 
 KINDS = ("exact", "ivf", "hnsw")
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise UserError("the feature index needs faiss: pip install 'dinokit[faiss]'") from None
-    return faiss
+    return require("faiss", "faiss", "the feature index")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -162,6 +158,7 @@ def build_index(
     folder. An existing index in `output` is extended with the images it does not hold yet."""
     from .extract import FeatureStore, extract_features
 
+    _faiss()  # before the images are embedded, which can take hours
     output = Path(output)
     if len(inputs) == 1 and _is_feature_folder(inputs[0]):
         features = Path(inputs[0])

@@ -175,13 +175,13 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, freeze: bool = True) -> nn.Module:
     """Attach the adapters saved in `path` to `model` (same architecture) and load their values."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("config", "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # JSONDecodeError is a ValueError
         raise UserError(f"{path}: not a dinokit LoRA adapter ({e})") from None
     if not meta:
         raise UserError(f"{path}: not a dinokit LoRA adapter (no configuration in its metadata)")

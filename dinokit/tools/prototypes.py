@@ -134,13 +134,17 @@ class Prototypes:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Prototypes:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         if not Path(path).is_file():
             raise UserError(f"{path}: no such prototypes file")
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("dinokit", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("dinokit", "{}"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (ValueError, SafetensorError) as e:  # not safetensors, or metadata that is not JSON
+            raise UserError(f"{path}: not a dinokit prototypes file ({e}); give the file "
+                            "`dinokit prototypes build` wrote") from None  # fmt: skip
         if "names" not in meta or "owner" not in tensors:
             raise UserError(f"{path}: not a dinokit prototypes file")
         protos = cls(tensors["prototypes"].shape[1], meta.pop("per_class"))

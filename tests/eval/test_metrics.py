@@ -1,10 +1,12 @@
 """Each metric against cases computed by hand."""
 
 import math
+import sys
 
 import pytest
 import torch
 
+from dinokit.errors import UserError
 from dinokit.eval.knn import knn_eval, knn_vote, nearest_neighbours
 from dinokit.eval.metrics import average_precision, confusion_matrix, depth_errors, mean_iou, recall_at, top1_accuracy
 
@@ -94,3 +96,9 @@ def test_faiss_and_torch_search_agree():
     s2, i2 = nearest_neighbours(queries, gallery, 20, use_faiss=True)
     assert torch.equal(i1, i2)
     assert torch.allclose(s1, s2, atol=1e-5)
+
+
+def test_faiss_asked_for_but_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` fails as if it were not installed
+    with pytest.raises(UserError, match=r"pip install 'dinokit\[faiss\]'"):
+        nearest_neighbours(torch.eye(2), torch.eye(2), 1, use_faiss=True)

@@ -80,3 +80,6 @@ def test_adapter_save_load_roundtrip(tmp_path):
     assert parameter_counts(other)[0] == 3 * 2 * 2 * model.embed_dim
     with pytest.raises(UserError, match="adapter"):
         load_adapter(fresh(), tmp_path / "missing.safetensors")
+    (tmp_path / "notes.safetensors").write_text("not tensors")  # safetensors raises its own error type for it
+    with pytest.raises(UserError, match="not a dinokit LoRA adapter"):
+        load_adapter(fresh(), tmp_path / "notes.safetensors")
