@@ -14,6 +14,10 @@ class ConfigError(UserError, ValueError):
     """An invalid option or configuration value (also a ValueError for code that catches those)."""
 
 
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be found, fetched or read, or does not fit the requested architecture."""
+
+
 def require(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional dependency; its absence is the installation's gap, not a fault, so it is a UserError
     that names the extra of pyproject.toml installing it."""

@@ -1,6 +1,7 @@
 """Conversion between dinokit state dicts and Hugging Face transformers' DINOv2 / DINOv3 layouts.
 
-Covers `Dinov2Model`, `Dinov2WithRegistersModel`, `DINOv3ViTModel` and `DINOv3ConvNextModel`. Written files
+Covers `Dinov2Model`, `Dinov2WithRegistersModel`, `DINOv3ViTModel` and `DINOv3ConvNextModel`, and the image
+processor configs of the released HF models (`hf_image_processor_config`). Written files
 use the layout of the models published on the Hub (`attention.attention.query`, `mlp.weights_in`, `layer.{i}` …),
 which every transformers release reads (v5 renames it on load); reading accepts that layout and transformers v5's
 in-memory one (`q_proj`, `gate_proj`/`up_proj`, `model.layer.{i}` …).
@@ -19,6 +20,7 @@ Differences the conversion bridges:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -439,3 +441,22 @@ def _dinokit_convnext_to_hf(sd: dict[str, Tensor], c: ConvNeXtConfig):
         "torch_dtype": "float32",
     }
     return out, hf_config
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+def hf_image_processor_config(
+    config: ViTConfig | ConvNeXtConfig, mean: Sequence[float], std: Sequence[float]
+) -> dict[str, Any]:
+    """The `preprocessor_config.json` the released HF models of this generation carry, with `mean` / `std`.
+
+    DINOv2: `BitImageProcessor`, shorter side to 256 (bicubic), centre crop 224 — dinokit's
+    `EvalTransform.for_model(model)`. DINOv3 (ViTs and ConvNeXts): `DINOv3ViTImageProcessorFast`, resize to
+    224×224 (bilinear, antialiased) — `EvalTransform.for_model(model, size=224)` (dinokit's default for DINOv3 is
+    256, the official README's). Both scale pixels by 1/255, then normalise."""
+    common = {"do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+              "image_mean": list(mean), "image_std": list(std)}  # fmt: skip
+    if config.generation == "dinov2":
+        return {"image_processor_type": "BitImageProcessor", **common, "size": {"shortest_edge": 256}, "resample": 3,
+                "do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "do_convert_rgb": True}  # fmt: skip
+    return {"image_processor_type": "DINOv3ViTImageProcessorFast", **common, "size": {"height": 224, "width": 224},
+            "resample": 2}  # fmt: skip

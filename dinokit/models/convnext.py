@@ -19,7 +19,8 @@ the student's `patch_size`, e.g. 16, to make its maps look like a ViT's grid).
 
 Deviations from the released code, none of which changes a number:
 - `forward_features` returns a `BackboneOutput`. Its `prenorm` is `[pooled, patches]` before the norm,
-  `[B, 1 + h·w, D]`; the released dict's `x_prenorm` is the patch part alone, `prenorm[:, 1:]`.
+  `[B, 1 + h·w, D]`; the released dict's `x_prenorm` is the patch part alone, `prenorm[:, 1:]` (what
+  `out["x_prenorm"]` returns).
 - iBOT masks are refused unless all False (the released code ignores them silently): a ConvNeXt has no mask
   token, and it is trained only as a distillation student, which sees unmasked crops.
 - `get_intermediate_layers` with a list returns the stages in depth order, each with its own norm (the released
@@ -358,8 +359,9 @@ class ConvNeXt(nn.Module):
         prenorm = torch.cat([pooled.unsqueeze(1), patches], dim=1)  # [B, 1 + h·w, D]
         normed = self.norm(prenorm)
         return BackboneOutput(
-            cls=normed[:, 0], registers=normed[:, 1:1], patches=normed[:, 1:], prenorm=prenorm, grid=grid, masks=masks
-        )
+            cls=normed[:, 0], registers=normed[:, 1:1], patches=normed[:, 1:], prenorm=prenorm, grid=grid, masks=masks,
+            pooled_cls=True,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images → normed pooled token `[B, D]`."""

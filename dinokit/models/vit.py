@@ -9,6 +9,8 @@ Forward (DINOv2, arXiv:2304.07193; DINOv3, arXiv:2508.10104), as the released co
    in training, a separate norm for the local crops' CLS + registers).
 
 Deviations from the released code, none of which changes a number:
+- `forward_features` returns a `BackboneOutput` (named attributes) rather than a dict; it also answers the dict's
+  keys (`out["x_norm_patchtokens"]` …), so code written for the released models runs unchanged.
 - Without masks, `cls_token + 0·mask_token` is used for both generations (the DINOv3 habit), so the mask
   token always takes part in the graph.
 - In eval mode (or with no RoPE augmentation) the RoPE tables are computed once per forward rather than in
@@ -31,10 +33,27 @@ from torch import nn
 from .config import ViTConfig
 from .layers import Block, PatchEmbed, RopeEmbedding, interpolate_pos_embed
 
+# The dict the released `forward_features` returns, key → where BackboneOutput holds it. Both generations' names of
+# the registers answer (DINOv2 `x_norm_regtokens`, DINOv3 `x_storage_tokens`), so ported code of either runs.
+_RELEASED_KEYS = {
+    "x_norm_clstoken": lambda out: out.cls,  # [B, D]
+    "x_norm_regtokens": lambda out: out.registers,  # [B, R, D]
+    "x_storage_tokens": lambda out: out.registers,  # [B, R, D]
+    "x_norm_patchtokens": lambda out: out.patches,  # [B, h·w, D]
+    # [B, 1 + R + h·w, D]; a ConvNeXt's released `x_prenorm` is its patches alone (its CLS is a pool, not a token)
+    "x_prenorm": lambda out: out.prenorm[:, 1:] if out.pooled_cls else out.prenorm,
+    "masks": lambda out: out.masks,  # None when no masks were given
+}
+
 
 @dataclass
 class BackboneOutput:
-    """Final-normed tokens of one forward. `patches` are row-major over `grid = (h, w)`."""
+    """Final-normed tokens of one forward. `patches` are row-major over `grid = (h, w)`.
+
+    Code written for the released models can read it as the dict their `forward_features` returns:
+    `out["x_norm_clstoken"]`, `out["x_norm_patchtokens"]`, `out["x_norm_regtokens"]` / `out["x_storage_tokens"]`,
+    `out["x_prenorm"]`, `out["masks"]`, with `keys()`, `items()` and `in`. Under untied norms (DINOv3 `cls_norm`) the
+    keys hold what the released code returns: CLS and registers through the CLS norm, patches through `norm`."""
 
     cls: torch.Tensor  # [B, D]
     registers: torch.Tensor  # [B, R, D]
@@ -42,11 +61,33 @@ class BackboneOutput:
     prenorm: torch.Tensor  # [B, 1 + R + h·w, D]
     grid: tuple[int, int]
     masks: torch.Tensor | None = None  # [B, h·w] bool, as given
+    pooled_cls: bool = False  # `cls` is the average pool of the patches (ConvNeXt), not a token of its own
 
     def patch_map(self) -> torch.Tensor:
         """Patches as a feature map `[B, D, h, w]`."""
         B, _, D = self.patches.shape
         return self.patches.transpose(1, 2).reshape(B, D, *self.grid)
+
+    # ---------------------------------------------------------------------------- the released dict's keys
+    def __getitem__(self, key: str) -> torch.Tensor | None:
+        if key not in _RELEASED_KEYS:
+            raise KeyError(
+                f"{key!r} is not a key of the released forward_features output; its keys are {', '.join(self.keys())} "
+                "(or read the attributes cls, registers, patches, prenorm, masks)"
+            )
+        return _RELEASED_KEYS[key](self)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _RELEASED_KEYS
+
+    def __iter__(self):
+        return iter(_RELEASED_KEYS)
+
+    def keys(self):
+        return _RELEASED_KEYS.keys()
+
+    def items(self) -> list[tuple[str, torch.Tensor | None]]:
+        return [(key, self[key]) for key in _RELEASED_KEYS]
 
 
 class VisionTransformer(nn.Module):

@@ -1,6 +1,7 @@
 """Checkpoint formats: reading any supported file, naming conventions, and rebuilding the architecture.
 
-Supported sources (never fetched from the network unless the user passes an http(s) URL):
+Supported sources (fetched from the network only when the user names an http(s) URL or an `hf:<org>/<name>` id,
+through the caches of `hub.py`):
 - released DINOv2 `.pth` files (`pos_embed`, `register_tokens`, `blocks.{i}.…`) and DINOv3 ones
   (`storage_tokens`, `rope_embed.periods`, `attn.qkv.bias_mask`, `local_cls_norm` …);
 - training checkpoints (a `.pt` / `.pth` with a `<name>.sha256` side file is checked against it first);
@@ -8,7 +9,8 @@ Supported sources (never fetched from the network unless the user passes an http
   `backbone.`), DINOv2 block chunks `blocks.{chunk}.{i}` flattened to `blocks.{i}`;
 - dinokit files: a folder with `config.json` + `model.safetensors`, or one `.safetensors` file whose
   metadata holds the config; the weights are checked against the digest saved with them (`tensors_sha256`);
-- Hugging Face model folders (`config.json` + `model.safetensors` / `pytorch_model.bin`, sharded or not).
+- Hugging Face model folders (`config.json` + `model.safetensors` / `pytorch_model.bin`, sharded or not); a
+  `preprocessor_config.json` with other statistics than ImageNet's (the satellite models) sets the config's mean/std.
 - released DINOv3 ConvNeXt `.pth` files (`downsample_layers.{i}.…`, `stages.{s}.{j}.…`, `norm.*` and its copy
   `norms.3.*`) and any of the wrappers above around them.
 
@@ -27,12 +29,12 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
-from ..errors import ConfigError, UserError
+from ..errors import CheckpointError, ConfigError
 from ..integrity import DamagedFile, check_file, tensors_sha256
+from . import hub
 from .architectures import ARCHITECTURES
 from .config import ViTConfig
 from .convert_hf import hf_to_dinokit, is_hf_state_dict, released_head_dim
@@ -45,10 +47,6 @@ BackboneConfig = ViTConfig | ConvNeXtConfig
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SATELLITE_MEAN, SATELLITE_STD = (0.430, 0.411, 0.296), (0.213, 0.156, 0.143)
 LICENCES = {"dinov2": "Apache-2.0 (DINOv2)", "dinov3": "DINOv3 License (custom; see the model card)"}
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be read or does not fit the requested architecture (a user error)."""
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -65,6 +63,9 @@ def read_checkpoint(source: str | os.PathLike | StateDict) -> tuple[StateDict, B
     sd = _unwrap_training_checkpoint(sd)
     if is_hf_state_dict(sd):
         sd, hf_config = hf_to_dinokit(sd, info.pop("hf_config", None))
+        extra = info.pop("hf_extra", {})
+        if extra and hf_config is not None:
+            hf_config = hf_config.replace(extra={**hf_config.extra, **extra})
         info["format"] = "hf"
         return sd, hf_config, info
     if info["format"] == "state_dict":
@@ -74,26 +75,20 @@ def read_checkpoint(source: str | os.PathLike | StateDict) -> tuple[StateDict, B
 
 def _read_path(path: str) -> tuple[StateDict, BackboneConfig | None, dict]:
     if not path.strip():  # Path("") is the current folder: reading it would hide the mistake
-        raise CheckpointError("the checkpoint path is empty; give a file or folder path, or an http(s) URL")
+        raise CheckpointError("the checkpoint path is empty; give a file or folder path, an http(s) URL or an hf: id")
+    if path.startswith("hf:"):
+        sd, config, info = _read_folder(hub.hf_snapshot(path[len("hf:") :]))
+        return sd, config, info | {"path": path}  # the id says more than a cache folder (and names sat493m models)
     if path.startswith(("http://", "https://")):
-        try:
-            sd = torch.hub.load_state_dict_from_url(path, map_location="cpu", weights_only=True)
-        except OSError as e:  # urllib's URLError / HTTPError: no network, an unknown host, no file at that address
-            raise CheckpointError(
-                f"could not download {path} ({getattr(e, 'reason', e)}); check the address and the network "
-                "connection, or download the file yourself and pass its path"
-            ) from None
-        except Exception:  # downloaded, but not a weights-only checkpoint (a web page, a pickle of objects)
-            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(path).path).name
-            try:
-                _torch_load(cached)  # says what the file is instead
-            except CheckpointError as e:
-                raise CheckpointError(f"downloaded {path}, but {e}") from None
-            raise CheckpointError(f"{path} was downloaded but is not a weights-only PyTorch checkpoint") from None
-        return sd, None, {"format": "state_dict", "path": path}
+        return _read_url(path)
     p = Path(path).expanduser()
     if not p.exists():
-        raise CheckpointError(f"no checkpoint at {path!r} (a file or folder path, or an explicit http(s) URL)")
+        hint = ""
+        if any(path in arch.presets for arch in ARCHITECTURES.values()):
+            hint = f'; {path!r} is a preset name: create_backbone("{path}", weights="official") loads its released file'
+        raise CheckpointError(
+            f"no checkpoint at {path!r} (a file or folder path, an explicit http(s) URL, or hf:<org>/<name>){hint}"
+        )
     if p.is_dir():
         return _read_folder(p)
     if p.suffix == ".safetensors":
@@ -108,6 +103,19 @@ def _read_path(path: str) -> tuple[StateDict, BackboneConfig | None, dict]:
             return sd, config, {"format": "dinokit", "path": str(p)}
         return sd, None, {"format": "state_dict", "path": str(p)}
     return _torch_load(p), None, {"format": "state_dict", "path": str(p)}
+
+
+def _read_url(url: str) -> tuple[StateDict, BackboneConfig | None, dict]:
+    """A checkpoint at an http(s) URL, through the hub cache (`hub.download`); its info names the cached file, not
+    the URL (a signed link's signature stays out of configs and logs)."""
+    fresh = not hub.url_cache_path(url).is_file()
+    local = hub.download(url)
+    try:
+        return _read_path(str(local))
+    except CheckpointError as e:
+        if fresh:  # e.g. an error page saved in place of weights: kept, it would stand in for the file next time
+            local.unlink(missing_ok=True)
+        raise CheckpointError(f"downloaded {hub.shown(url)}, but {e}") from None
 
 
 def _load_safetensors(p: Path) -> tuple[StateDict, dict[str, str]]:
@@ -160,7 +168,23 @@ def _read_folder(p: Path) -> tuple[StateDict, BackboneConfig | None, dict]:
         return sd, config, {"format": "dinokit", "path": str(p)}
     if "model_type" not in cfg:
         raise CheckpointError(f"{cfg_path} is neither a dinokit nor a Hugging Face config")
-    return _read_hf_weights(p), None, {"format": "hf", "path": str(p), "hf_config": cfg}
+    info = {"format": "hf", "path": str(p), "hf_config": cfg, "hf_extra": _hf_normalization(p)}
+    return _read_hf_weights(p), None, info
+
+
+def _hf_normalization(p: Path) -> dict[str, list[float]]:
+    """The mean / std of an HF folder's `preprocessor_config.json` when they are not ImageNet's (the satellite
+    models'), as config `extra` fields; {} otherwise, or when the file is absent or unreadable (it only informs)."""
+    try:
+        cfg = json.loads((p / "preprocessor_config.json").read_text())
+        mean, std = [float(v) for v in cfg["image_mean"]], [float(v) for v in cfg["image_std"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if len(mean) != 3 or len(std) != 3:
+        return {}
+    if max(abs(a - b) for a, b in zip(mean + std, IMAGENET_MEAN + IMAGENET_STD)) < 1e-6:
+        return {}  # ImageNet's, the default: nothing to note
+    return {"mean": mean, "std": std}
 
 
 def _check_tensors(sd: StateDict, expected: str | None, where: Path) -> None:
@@ -243,6 +267,14 @@ def dinokit_to_official(sd: StateDict, config: BackboneConfig) -> StateDict:
 
 
 # ---------------------------------------------------------------------------------------------- inference
+def normalization_of(source_name: str) -> dict[str, list[float]]:
+    """Config `extra` fields for the input statistics a file's name implies: the satellite mean / std for the
+    SAT-493M models (their names say `sat493m`), none (ImageNet's, the default) otherwise."""
+    if "sat493m" in Path(source_name).name.lower():
+        return {"mean": list(SATELLITE_MEAN), "std": list(SATELLITE_STD)}
+    return {}
+
+
 def infer_config(sd: StateDict, source_name: str = "") -> BackboneConfig:
     """Rebuild the architecture from a dinokit-named state dict's keys and shapes.
 
@@ -300,8 +332,7 @@ def infer_config(sd: StateDict, source_name: str = "") -> BackboneConfig:
         kw["pos_interpolation"] = "antialias" if registers else "legacy"
     else:
         kw.update(pos_embed="rope", rope_base=100.0, rope_rescale=2.0, norm_eps=1e-5)
-    if "sat493m" in source_name.lower():
-        kw["extra"] = {"mean": list(SATELLITE_MEAN), "std": list(SATELLITE_STD)}
+    kw["extra"] = normalization_of(source_name)
     return ViTConfig(**kw)
 
 
@@ -330,8 +361,7 @@ def infer_convnext_config(sd: StateDict, source_name: str = "") -> ConvNeXtConfi
         layerscale_init=1e-6 if has_gamma else None,
         norm_eps=1e-6,
     )
-    if "sat493m" in source_name.lower():
-        kw["extra"] = {"mean": list(SATELLITE_MEAN), "std": list(SATELLITE_STD)}
+    kw["extra"] = normalization_of(source_name)
     config = ConvNeXtConfig(**kw)
     with torch.device("meta"):
         expected = ConvNeXt(config).state_dict()

@@ -113,6 +113,7 @@ def test_local_files_never_touch_the_network(tmp_path, monkeypatch):
         raise AssertionError("network used")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     model = _random("dinov3_test")
     dinokit.save_backbone(model, tmp_path / "m.pth", format="official")
     dinokit.load_backbone(str(tmp_path / "m.pth"))
