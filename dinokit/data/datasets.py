@@ -3,10 +3,10 @@ when every image sits in one), or a file list (`.txt` / `.csv`: `path[,label]` p
 the list's folder; also `path label` with whitespace, the layout of ImageNet's `val.txt`; `#` comments and a
 header line such as `path,label` are skipped).
 
-Unreadable files (corrupt, truncated beyond repair, zero bytes, not images) never stop the work: `ImageDataset`
-returns `None` for them, `collate_skip_none` drops them from the batch, and each is counted in
-`ImageDataset.skipped`; the first `LISTED_UNREADABLE` of them (per process) are logged by name, so that a list
-of wrong paths does not print a line per image.
+Unreadable files (missing, corrupt, truncated beyond repair, zero bytes, not images) and images beyond the size
+limits of `images.py` never stop the work: `ImageDataset` returns `None` for them, `collate_skip_none` drops them
+from the batch, and each is counted in `ImageDataset.skipped`; the first `LISTED_UNREADABLE` of them (per
+process) are logged by name with the reason, so that a list of wrong paths does not print a line per image.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class ImageDataset(Dataset):
                 self._skipped.add(str(path))
                 self.skipped.append(str(path))
                 if len(self.skipped) <= LISTED_UNREADABLE:
-                    log.warning("skipping unreadable image: %s", e)
+                    log.warning("skipping image %s", e)
                 if len(self.skipped) == LISTED_UNREADABLE:
                     log.warning("further unreadable images are skipped without a message (counted at the end)")
             return None

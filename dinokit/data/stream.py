@@ -14,9 +14,12 @@ result does not depend on the number of data workers (worker w of W produces bat
 DataLoader interleaves back into order) and a resumed run continues with exactly the batches an uninterrupted
 one would have seen: `start_batch` is the index of the next unseen batch.
 
-Robustness. An unreadable file is replaced, for this batch, by another readable image of the same batch
-(augmented with the failed position's seed), logged once per worker (the first `LISTED_UNREADABLE` by name)
-and reported in `Batch.skipped`.
+Robustness. An unreadable file (or one beyond the size limits of `images.py`) is replaced, for this batch, by
+another readable image of the same batch (augmented with the failed position's seed), logged once per worker (the
+first `LISTED_UNREADABLE` by name) and reported in `Batch.skipped`. A batch without any readable image is a
+`UserError` naming its files and why each failed. In a loader worker that error travels to the main process as a
+value (`StreamError`) and is raised there by `raise_stream_errors`: raised in the worker, the DataLoader would
+hand it on with the worker's traceback pasted into its message.
 """
 
 from __future__ import annotations
@@ -178,7 +181,8 @@ class SSLStream(IterableDataset):
                 yield b
                 b += W
 
-        return self._batches(mine())
+        batches = self._batches(mine())
+        return batches if info is None else _errors_as_values(batches)
 
     def _batches(self, batch_indices) -> Iterator[Batch]:
         bs = self.batch_size
@@ -187,20 +191,23 @@ class SSLStream(IterableDataset):
             yield self._make_batch(b, list(self.source.items(positions, self.rank, self.world)))
 
     def _make_batch(self, b: int, items: list[tuple[int, str, Loader]]) -> Batch:
-        images, failed = {}, []
+        images, failed, reasons = {}, [], []
         for key, name, load in items:
             try:
                 images[key] = load()
             except ImageDecodeError as e:
                 failed.append(name)
+                reasons.append(str(e))
                 if name not in self._logged:
                     self._logged.add(name)
                     if len(self._logged) <= LISTED_UNREADABLE:
-                        log.warning("skipping unreadable image: %s", e)
+                        log.warning("skipping image %s", e)
                     if len(self._logged) == LISTED_UNREADABLE:
                         log.warning("further unreadable images are skipped without a message (counted at the end)")
         if not images:
-            raise UserError(f"no readable image in batch {b} of the stream (e.g. {failed[0]})")
+            more = f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+            raise UserError(f"batch {b} of the training data holds no readable image to stand in for its unreadable "
+                            f"files: {'; '.join(reasons[:3])}{more}")  # fmt: skip
         readable = list(images.values())
         # an unreadable file: reuse a readable image, augmented with the failed position's seed
         batch_images = [images.get(key, readable[i % len(readable)]) for i, (key, _, _) in enumerate(items)]
@@ -215,3 +222,26 @@ class SSLStream(IterableDataset):
             exact_upper=m.style == "dinov3",
         )  # fmt: skip
         return collate_crops(global_crops, local_crops, masks, index=b, skipped=failed, extra_crops=extra)
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """A `UserError` of a loader worker, sent to the main process as a batch would be."""
+
+    message: str
+
+
+def _errors_as_values(batches: Iterator[Batch]) -> Iterator[Batch | StreamError]:
+    """A worker's batches, ending with a `StreamError` instead of raising a `UserError`."""
+    try:
+        yield from batches
+    except UserError as e:
+        yield StreamError(str(e))  # and this worker's stream ends
+
+
+def raise_stream_errors(batches: Iterator[Batch | StreamError]) -> Iterator[Batch]:
+    """The batches of a DataLoader over an `SSLStream`, with a worker's `StreamError` raised as a `UserError`."""
+    for batch in batches:
+        if isinstance(batch, StreamError):
+            raise UserError(batch.message)
+        yield batch

@@ -275,7 +275,11 @@ def extract_features(
     patch). `tile` and `overlap` (pixels, rounded to the patch size) cut images into tiles whose patch maps are
     stitched. `layers`: 0-based block indices (ConvNeXt: stage indices, see the module docstring) whose
     (final-normed) patch tokens are stored too. Resumable: images already in
-    `output/index.jsonl` are skipped. `device` defaults to CUDA when available. Returns the output folder."""
+    `output/index.jsonl` are skipped. `device` defaults to CUDA when available. Returns the output folder.
+
+    Files that cannot be used (missing, unreadable, or beyond the size limits of `dinokit.data.images`) are
+    skipped, counted and listed in `output/skipped.txt`; a `UserError` when none of the listed files exists, or
+    none could be used."""
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     if dtype not in DTYPES or store_dtype not in STORE_DTYPES or format not in ("safetensors", "npy"):
@@ -307,6 +311,10 @@ def extract_features(
     if is_convnext(model):  # recorded only for ConvNeXts, so that ViT folders written before still resume
         settings.extra |= {"norm": "final LayerNorm on the last stage only (stages 0-2 have none, as released)",
                            "layers": "ConvNeXt stages, widths dims[i], resized to the stride-32 grid"}  # fmt: skip
+    paths = _gather_paths(inputs)
+    if not any(q.is_file() for q in paths):  # before the output folder is made: a wrong list leaves nothing behind
+        example = f" (e.g. {paths[0]})" if paths else ""
+        raise UserError(f"nothing to do: none of the {len(paths)} listed file(s) exists{example}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads(json.dumps(asdict(settings)))  # normalise tuples → lists, as read back
@@ -321,7 +329,7 @@ def extract_features(
 
     index = _read_index(out, repair=True)
     done = {e["path"] for e in index}
-    todo = [q for q in _gather_paths(inputs) if str(q) not in done]
+    todo = [q for q in paths if str(q) not in done]
     shards = [int(e["shard"].split("-")[1]) for e in index]
     writer = _ShardWriter(out, format, STORE_DTYPES[store_dtype], first_shard=max(shards, default=-1) + 1)
     if not todo:
@@ -348,10 +356,14 @@ def extract_features(
                         writer.flush()
             bar.update(min(loader.batch_size, len(todo) - bar.n))  # unreadable images count as done too
     writer.flush()
-    missing = sorted(set(map(str, todo)) - {e["path"] for e in _read_index(out)})
+    extracted = {e["path"] for e in _read_index(out)}
+    missing = sorted(set(map(str, todo)) - extracted)
     if missing:
         atomic_write_text(out / "skipped.txt", "".join(m + "\n" for m in missing))
-        print(f"skipped {len(missing)} unreadable image(s); listed in {out / 'skipped.txt'}")
+        if not extracted:
+            raise UserError(f"none of the {len(todo)} image(s) could be used (unreadable, or beyond the size limits "
+                            f"of dinokit.data.images); they are listed in {out / 'skipped.txt'}")  # fmt: skip
+        print(f"skipped {len(missing)} image(s), unreadable or beyond the size limits; listed in {out / 'skipped.txt'}")
     return out
 
 

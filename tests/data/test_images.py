@@ -7,10 +7,11 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from dinokit.data.datasets import ImageDataset, ImageList, collate_skip_none
-from dinokit.data.images import ImageDecodeError, decode_image
+from dinokit.data.images import MAX_ASPECT_RATIO, ImageDecodeError, decode_image
+from tests.data.fuzz_corpus import declare_size
 
 
 def _rgb(h=20, w=30):
@@ -130,6 +131,52 @@ def test_unreadable_images_are_named_up_to_a_limit(tmp_path, caplog):
     ds = ImageDataset(ImageList.from_source(tmp_path / "list.txt"))
     with caplog.at_level("WARNING", logger="dinokit.data"):
         assert all(ds[i] is None for i in range(len(ds)))
-    named = [r for r in caplog.records if "skipping unreadable image" in r.getMessage()]
+    named = [r for r in caplog.records if "skipping image" in r.getMessage()]
     assert len(named) == LISTED_UNREADABLE and "without a message" in caplog.records[-1].getMessage()
     assert len(ds.skipped) == LISTED_UNREADABLE + 5
+
+
+def _no_decoding(self):
+    raise AssertionError("the pixels were decoded")
+
+
+def test_the_aspect_ratio_limit_holds_and_is_checked_before_decoding(tmp_path, monkeypatch):
+    """A strip would cost its aspect ratio times the patch tokens of a square image in every verb (issue: a
+    1 × 5000 px PNG at `--size 64` became 80,000 tokens and stalled an extraction)."""
+    n = MAX_ASPECT_RATIO
+    assert decode_image(_save(tmp_path, "at_limit.png", Image.fromarray(_rgb(2, 2 * n)))).shape == (3, 2, 2 * n)
+    over = [_save(tmp_path, "wide.png", Image.fromarray(_rgb(2, 2 * n + 2))),
+            _save(tmp_path, "tall.png", Image.fromarray(_rgb(2 * n + 2, 2)))]  # fmt: skip
+    buf = io.BytesIO()
+    Image.fromarray(_rgb()).save(buf, "PNG")
+    (tmp_path / "declared.png").write_bytes(declare_size(buf.getvalue(), "PNG", 1, 100_000))  # a header's claim
+    monkeypatch.setattr(ImageFile.ImageFile, "load", _no_decoding)
+    for path in [*over, tmp_path / "declared.png"]:
+        with pytest.raises(ImageDecodeError, match=f"aspect ratio over the limit of {n}:1"):
+            decode_image(path)
+
+
+def test_the_pixel_limit_is_checked_before_decoding_whatever_pillows_own_setting(tmp_path, monkeypatch):
+    buf = io.BytesIO()
+    Image.fromarray(_rgb()).save(buf, "PNG")
+    path = tmp_path / "bomb.png"
+    path.write_bytes(declare_size(buf.getvalue(), "PNG", 20_000, 20_000))  # 400 M px declared by 100 bytes
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # some library switched Pillow's check off
+    monkeypatch.setattr(ImageFile.ImageFile, "load", _no_decoding)
+    with pytest.raises(ImageDecodeError, match="20000 × 20000 px, over the limit of 178,956,970 pixels"):
+        decode_image(path)
+
+
+def test_damaged_exif_metadata_is_ignored_not_the_image(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(_rgb()).save(buf, "PNG", exif=exif.tobytes())
+    data = buf.getvalue().replace(b"MM\x00*", b"MM\xc0*", 1)  # flipped bits in the EXIF block's TIFF header
+    (tmp_path / "photo.png").write_bytes(data)
+    assert decode_image(tmp_path / "photo.png").shape == (3, 20, 30)  # as stored: the orientation is unknown
+
+
+def test_a_missing_file_says_so(tmp_path):
+    with pytest.raises(ImageDecodeError, match="nope.png: no such file"):
+        decode_image(tmp_path / "nope.png")

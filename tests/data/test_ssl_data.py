@@ -172,7 +172,7 @@ def test_tar_shards_are_streamed_and_unreadable_files_replaced(tmp_path, caplog)
     assert all(b.global_crops.shape == (8, 3, 32, 32) for b in batches)
     skipped = [name for b in batches for name in b.skipped]
     assert skipped and all("broken" in name for name in skipped)
-    assert "skipping unreadable image" in caplog.text
+    assert "skipping image" in caplog.text
     again = small_stream(source, batch_size=4, start=2).batch(2)
     torch.testing.assert_close(again.global_crops, batches[2].global_crops, rtol=0, atol=0)
 
@@ -184,3 +184,22 @@ def test_corrupt_files_in_a_folder_are_skipped(tmp_path):
     source = open_source(str(folder), seed=7)
     seen = [name for b in range(4) for name in small_stream(source, batch_size=6).batch(b).skipped]
     assert {n.rsplit("/", 1)[-1] for n in seen} == {"zero.jpg", "text.png"}
+
+
+def test_a_batch_without_readable_images_is_one_clear_error_from_loader_workers(tmp_path):
+    """Raised in a DataLoader worker, the error used to reach the user with the worker's traceback in its message.
+    `data_iterator` is what the training loop reads."""
+    from dinokit.errors import UserError
+    from dinokit.train.build import data_iterator
+
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.png").write_bytes(b"not an image")
+    stream = small_stream(open_source(str(folder), seed=7), batch_size=4)
+    with pytest.raises(UserError) as caught:
+        next(data_iterator(stream, num_workers=1, pin_memory=False))
+    message = str(caught.value)
+    assert message.startswith("batch 0 of the training data holds no readable image")
+    assert message.count(": not a readable image") == 3 and message.endswith("; and 1 more")
+    assert "Traceback" not in message

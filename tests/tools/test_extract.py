@@ -121,6 +121,32 @@ def test_extract_cli_tiles_and_rejects_bad_layers(image_folder, tmp_path, capsys
     assert rc == 2 and "--layers" in capsys.readouterr().err
 
 
+def test_extract_skips_a_strip_instead_of_stalling_on_it(v3_model, image_folder, tmp_path):
+    """Issue: a 1 × 5000 px PNG at `--size 64` became 64 × 320,000 px (80,000 patch tokens) and stalled a run.
+    A strip beyond `MAX_ASPECT_RATIO` is skipped from its header and counted like an unreadable file."""
+    write_png(image_folder / "strip.png", 400, 0, crop=(4, 400))  # 100:1, which --size 64 made 64 × 6400 px
+    out = tmp_path / "feats"
+    extract_features(v3_model, image_folder, out, size=64, progress=False)
+    assert len(dinokit.read_features(out)) == 3
+    assert (out / "skipped.txt").read_text() == f"{(image_folder / 'strip.png').resolve()}\n"
+
+
+def test_extract_exits_2_when_no_listed_file_exists_or_none_can_be_used(tmp_path, capsys):
+    (tmp_path / "list.txt").write_text("gone/a.png\ngone/b.png\n")
+    out = tmp_path / "out"
+    options = ["--backbone", "random:dinov3_test", "--output", str(out), "--size", "32", "--workers", "1"]
+    assert main(["extract", str(tmp_path / "list.txt"), *options]) == 2
+    assert "nothing to do: none of the 2 listed file(s) exists" in capsys.readouterr().err
+    assert not out.exists()
+    (tmp_path / "junk").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "junk" / name).write_bytes(b"not an image")
+    assert main(["extract", str(tmp_path / "junk"), *options]) == 2  # decoded in a loader worker
+    err = capsys.readouterr().err
+    assert "none of the 2 image(s) could be used" in err and "Traceback" not in err
+    assert (out / "skipped.txt").read_text().count("\n") == 2
+
+
 def test_bf16_extraction_agrees_with_fp32(v3_model):
     x = torch.randn(3, 64, 80)
     f32 = features_of_image(v3_model, x)
