@@ -24,6 +24,8 @@ from .machinery import check_value
 class DataConfig:
     path: str = ""  # image folder (recursive), .txt/.csv list, .tar shard, folder of .tar, or "x-{000..009}.tar"
     num_workers: int = 4  # data-loading processes per device (0: in the main process)
+    shuffle_buffer: int = 1000  # tar shards: samples a rank mixes as it reads (0: file order)
+    shards_open: int = 4  # tar shards a rank reads at once, one sample from each in turn
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -293,6 +295,8 @@ class PretrainConfig:
         checks = [
             ("seed", self.seed, ">= 0", self.seed >= 0),
             ("data.num_workers", self.data.num_workers, ">= 0", self.data.num_workers >= 0),
+            ("data.shuffle_buffer", self.data.shuffle_buffer, ">= 0", self.data.shuffle_buffer >= 0),
+            ("data.shards_open", self.data.shards_open, ">= 1", self.data.shards_open >= 1),
             ("data.std", list(self.data.std), "> 0 (images are divided by it)", all(x > 0 for x in self.data.std)),
             ("optim.base_lr", o.base_lr, "> 0", o.base_lr > 0),
             ("optim.min_lr", o.min_lr, ">= 0", o.min_lr >= 0),

@@ -3,8 +3,8 @@ holding samples as members `<key>.<ext>`; every member with an image extension i
 labels, JSON — are ignored by SSL training).
 
 `expand_shards` accepts a `.tar` file, a folder of `.tar` files, or a brace pattern `data-{000000..000099}.tar`.
-`iter_members` walks a shard's headers in order (the data of a member is only read when asked for), so
-skipping to a position costs header reads, not decoding.
+`iter_members` walks a shard's headers in order and says where each image's bytes lie (`Member`); they are
+only read when asked for, so skipping to a position costs header reads, not decoding.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import tarfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -43,14 +44,24 @@ def expand_shards(source: str) -> list[Path]:
     return paths
 
 
-def iter_members(shard: Path) -> Iterator[tuple[str, tarfile.TarFile, tarfile.TarInfo]]:
-    """`(name, tar, member)` for each image member of a shard, in file order."""
+@dataclass(frozen=True)
+class Member:
+    """One image of a shard: where its bytes lie, so that it can be read later without the tar being open."""
+
+    name: str  # "<shard file name>/<member name>"
+    shard: Path
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with open(self.shard, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+def iter_members(shard: Path) -> Iterator[Member]:
+    """Each image member of a shard, in file order (headers only: no image data is read)."""
     with tarfile.open(shard, "r:") as tar:
         for member in tar:
-            if member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield f"{shard.name}/{member.name}", tar, member
-
-
-def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    f = tar.extractfile(member)
-    return b"" if f is None else f.read()
+            if member.isfile() and not member.sparse and Path(member.name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield Member(f"{shard.name}/{member.name}", shard, member.offset_data, member.size)

@@ -3,8 +3,8 @@
 Order. Image folders and lists are read in a fresh random permutation per pass (seeded by `seed` and the pass
 number); the global stream is dealt to the ranks round-robin (rank r takes global positions r, r + world, …),
 so a batch of 2 ranks × 32 images holds the same images as a batch of 64 on one device. Tar shards are
-streamed sequentially: per pass the shards are shuffled and dealt to the ranks (or, with fewer shards than
-ranks, their samples are), and read member by member.
+streamed: per pass the shards are shuffled and dealt to the ranks (or, with fewer shards than ranks, their
+samples are), and read a few at a time through a seeded shuffle buffer (`ShardSource`).
 
 Determinism. Batch `b` of a rank is a pure function of (seed, rank, world size, b): every sample's crops come
 from a random generator seeded by its stream position and the masks of a batch from one seeded by `b`. With
@@ -40,7 +40,7 @@ from .datasets import LISTED_UNREADABLE, ImageList
 from .images import ImageDecodeError, decode_image
 from .masking import BlockMaskGenerator
 from .multicrop import MultiCrop
-from .shards import expand_shards, is_shard_source, iter_members, read_member
+from .shards import Member, expand_shards, is_shard_source, iter_members
 
 log = logging.getLogger("dinokit.data")
 Loader = Callable[[], torch.Tensor]  # decodes one image → uint8 [3, H, W]
@@ -72,26 +72,35 @@ class ImageSource:
 
 
 class ShardSource:
-    """Sequential reading of tar shards. A worker keeps its place in the stream between batches, so reading
-    batch after batch costs one pass (and skipping to a resumed position one pass over the headers)."""
+    """Tar shards read sequentially, mixed as they are read. Per pass the shards are shuffled and dealt to the
+    ranks; a rank reads `shards_open` of its shards at a time, member by member in turn, through a seeded shuffle
+    buffer of `shuffle_buffer` samples (0: file order). Shards are usually written in some order (by source, by
+    class, by date): read in file order a batch would come from one shard, skewing the centring and Sinkhorn
+    targets that assume a batch is a sample of the whole set.
 
-    def __init__(self, shards: list[Path], seed: int) -> None:
+    The order is a pure function of (seed, rank, world size, pass), so every loader worker and a resumed run see
+    the same stream. A worker keeps its place in the stream between batches, so reading batch after batch costs
+    one pass (and skipping to a resumed position one pass over the headers: the buffer holds where each sample
+    lies in its shard, and a sample's bytes are read only when a batch takes it). Written here rather than taken
+    from WebDataset, whose shuffling is not resumable to an exact position."""
+
+    def __init__(self, shards: list[Path], seed: int, shuffle_buffer: int = 1000, shards_open: int = 4) -> None:
         self.shards, self.seed = shards, seed
+        self.shuffle_buffer, self.shards_open = shuffle_buffer, max(1, shards_open)
         self._cursor: tuple[tuple[int, int], Iterator, int] | None = None  # ((rank, world), stream, next position)
 
-    def _rank_stream(self, rank: int, world: int) -> Iterator[tuple[str, object, object]]:
+    def _rank_stream(self, rank: int, world: int) -> Iterator[Member]:
         epoch = 0
         while True:
             order = list(self.shards)
             random.Random(f"{self.seed}:shards:{epoch}").shuffle(order)
             dealt = len(order) >= world
-            n_seen = 0
-            for shard in order[rank::world] if dealt else order:
-                for i, (name, tar, member) in enumerate(iter_members(shard)):
-                    n_seen += 1
-                    if dealt or i % world == rank:
-                        yield name, tar, member
-            if n_seen == 0:
+            seen = [0]  # members of any rank read this pass
+            mine = order[rank::world] if dealt else order
+            shards = [_members(s, seen, None if dealt else (rank, world)) for s in mine]
+            rng = random.Random(f"{self.seed}:{rank}:{world}:{epoch}")
+            yield from shuffle_buffer(interleave(shards, self.shards_open), self.shuffle_buffer, rng)
+            if seen[0] == 0:
                 raise UserError(f"the tar shards hold no image files ({', '.join(map(str, self.shards[:3]))} …)")
             epoch += 1
 
@@ -100,20 +109,66 @@ class ShardSource:
             self._cursor = ((rank, world), self._rank_stream(rank, world), 0)
         key, stream, p = self._cursor
         wanted = set(positions)
-        for name, tar, member in stream:
+        for member in stream:
             p += 1
             if p - 1 in wanted:
-                data = read_member(tar, member)
-                yield (p - 1) * world + rank, name, (lambda data=data: decode_image(data))
+                data = member.read()
+                yield (p - 1) * world + rank, member.name, (lambda data=data: decode_image(data))
                 if p - 1 == positions[-1]:
                     break
         self._cursor = (key, stream, p)
 
 
-def open_source(path: str, seed: int) -> ImageSource | ShardSource:
+def _members(shard: Path, seen: list[int], dealt_to: tuple[int, int] | None) -> Iterator[Member]:
+    """A shard's images (`dealt_to=(rank, world)`: every world-th of them, when there are fewer shards than ranks),
+    counting in `seen[0]` all it reads."""
+    for i, member in enumerate(iter_members(shard)):
+        seen[0] += 1
+        if dealt_to is None or i % dealt_to[1] == dealt_to[0]:
+            yield member
+
+
+def interleave(streams: Iterator[Iterator], width: int) -> Iterator:
+    """Items of `width` streams at a time, one from each in turn; an exhausted stream is replaced by the next."""
+    open_, streams = [], iter(streams)
+    while True:
+        while len(open_) < width and (nxt := next(streams, None)) is not None:
+            open_.append(nxt)
+        if not open_:
+            return
+        for s in list(open_):
+            item = next(s, _END)
+            if item is _END:
+                open_.remove(s)
+            else:
+                yield item
+
+
+_END = object()
+
+
+def shuffle_buffer(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """`items` in a seeded random order, holding at most `size` of them: each output is a random one of the
+    buffer, replaced by the next input (the remainder shuffled at the end). `size` ≤ 1: the order as it is."""
+    if size <= 1:
+        yield from items
+        return
+    buffer = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buffer[j]
+        buffer[j] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def open_source(path: str, seed: int, shuffle_buffer: int = 1000, shards_open: int = 4) -> ImageSource | ShardSource:
     """The data source named by `data.path`: tar shards, an image folder, or a .txt/.csv list."""
     if is_shard_source(path):
-        return ShardSource(expand_shards(path), seed)
+        return ShardSource(expand_shards(path), seed, shuffle_buffer, shards_open)
     return ImageSource(ImageList.from_source(path), seed)
 
 

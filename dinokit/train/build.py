@@ -116,7 +116,8 @@ def build(cfg: PretrainConfig, dist_info: D.DistInfo) -> Parts:
         from .distill import build_distillation
 
         return build_distillation(cfg, dist_info)
-    source = open_source(cfg.data.path, cfg.seed)  # a missing or empty data.path fails before any model is built
+    # a missing or empty data.path fails here, before any model is built
+    source = open_source(cfg.data.path, cfg.seed, cfg.data.shuffle_buffer, cfg.data.shards_open)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     backbone = build_backbone(cfg)
     terms_cfg = cfg.losses.enabled()

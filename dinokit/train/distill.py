@@ -138,7 +138,8 @@ def placement(cfg: PretrainConfig, info: D.DistInfo) -> tuple[list[int], Placeme
 
 def build_distillation(cfg: PretrainConfig, info: D.DistInfo) -> Parts:
     d = cfg.distill
-    source = open_source(cfg.data.path, cfg.seed)  # a missing or empty data.path fails before any model is built
+    # a missing or empty data.path fails here, before any model is built
+    source = open_source(cfg.data.path, cfg.seed, cfg.data.shuffle_buffer, cfg.data.shards_open)
     teacher = load_teacher(d.teacher, d.mode)
     mode = "heads" if teacher.has_heads else "features"
     terms_cfg = {n: c for n, c in cfg.losses.enabled().items() if TERMS[n].teacher in (None, mode)}

@@ -177,6 +177,35 @@ def test_tar_shards_are_streamed_and_unreadable_files_replaced(tmp_path, caplog)
     torch.testing.assert_close(again.global_crops, batches[2].global_crops, rtol=0, atol=0)
 
 
+def _sorted_shards(tmp_path, n_shards=6, per_shard=12):
+    """Shards written in order, one "class" each (as shards written per source or per class are)."""
+    imgs = write_images(tmp_path / "imgs", 2, size=(24, 24))
+    for s in range(n_shards):
+        with tarfile.open(tmp_path / f"shard-{s:03d}.tar", "w") as tar:
+            for i in range(per_shard):
+                tar.add(imgs / f"{i % 2:03d}.png", arcname=f"s{s}_{i:03d}.png")
+    return str(tmp_path / f"shard-{{000..{n_shards - 1:03d}}}.tar")
+
+
+def _names(source, first, n, rank=0, world=1):
+    return [name for _, name, _ in source.items(list(range(first, first + n)), rank, world)]
+
+
+def test_tar_shards_are_mixed_by_a_resumable_seeded_shuffle_buffer(tmp_path):
+    shards = _sorted_shards(tmp_path)
+    file_order = _names(open_source(shards, seed=7, shuffle_buffer=0, shards_open=1), 0, 12)
+    assert len({n.split("/")[0] for n in file_order}) == 1  # without mixing, a batch is one shard
+    source = open_source(shards, seed=7, shuffle_buffer=16, shards_open=3)
+    mixed = _names(source, 0, 72)  # one pass: every sample exactly once
+    assert sorted(mixed) == sorted(_names(open_source(shards, seed=7, shuffle_buffer=0, shards_open=1), 0, 72))
+    assert all(len({n.split("/")[1][:2] for n in mixed[i : i + 12]}) >= 3 for i in range(0, 72, 12))
+    assert _names(open_source(shards, seed=7, shuffle_buffer=16, shards_open=3), 40, 8) == mixed[40:48]  # resume
+    assert _names(open_source(shards, seed=8, shuffle_buffer=16, shards_open=3), 0, 72) != mixed  # seeded
+    assert _names(source, 72, 72) != mixed and sorted(_names(source, 72, 72)) == sorted(mixed)  # a new pass
+    ranks = [_names(open_source(shards, seed=7), 0, 36, r, 2) for r in (0, 1)]
+    assert not set(ranks[0]) & set(ranks[1]) and len(set(ranks[0] + ranks[1])) == 72  # dealt, not duplicated
+
+
 def test_corrupt_files_in_a_folder_are_skipped(tmp_path):
     folder = write_images(tmp_path / "imgs", 4)
     (folder / "zero.jpg").write_bytes(b"")
