@@ -3,6 +3,9 @@
 User mistakes (bad paths, options, files) end with one clear message and exit status 2: a `UserError`, an
 argparse usage error, or an `OSError` the system raised on a path (its message and the path); internal faults
 keep their traceback. Each verb is one `_add_<verb>` function registering its parser and handler.
+
+Building the parser imports nothing heavy (tests/test_cli_startup.py checks it): torch, numpy and the models are
+imported inside the handlers, so `dinokit --help` and `dinokit --version` answer at once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .atomic import atomic_write_text
 from .errors import UserError
 
@@ -73,6 +77,13 @@ def device_name(text: str) -> str:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError("no MPS device here")
     return text
+
+
+def _compute_options(p) -> None:
+    """--batch-size, --device and --dtype, the same on every tool verb that runs a backbone."""
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward (default 8)")
+    p.add_argument("--device", type=device_name, default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
 
 
 # -------------------------------------------------------------------------------------------------- info
@@ -277,8 +288,9 @@ def _backbone(spec: str, seed: int):
     """`--backbone` → model; a missing path or unknown preset is the user's mistake."""
     from .models import backbone_from_spec
 
-    if not spec.startswith("random:") and not spec.startswith(("http://", "https://")) and not Path(spec).exists():
-        raise UserError(f"--backbone {spec}: no such file or folder (or use random:<preset>)")
+    if not spec.startswith(("random:", "official:", "hf:", "http://", "https://")) and not Path(spec).exists():
+        raise UserError(f"--backbone {spec}: no such file or folder (or use random:<preset>, official:<preset>, "
+                        "hf:<org>/<name> or a URL)")  # fmt: skip
     try:
         return backbone_from_spec(spec, seed=seed)
     except ValueError as e:
@@ -402,11 +414,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--overlap", type=non_negative_int, default=0, help="tile overlap in px (overlaps are averaged)")
     p.add_argument("--layers", type=int, nargs="*", default=[],
                    help="also store these blocks' patch tokens (0-based; for a ConvNeXt: its stages)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument(
-        "--device", type=device_name, default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)"
-    )
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
+    _compute_options(p)
     p.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--format", choices=["safetensors", "npy"], default="safetensors")
     p.add_argument("--shard-size", type=positive_int, default=256, help="images per shard")
@@ -470,6 +478,7 @@ def _add_viz(sub) -> None:
     p.add_argument("--foreground", type=finite_float, default=None,
                    help="pca: black out the background below this value")  # fmt: skip
     p.add_argument("--query", default=None, help="similarity: Y,X pixel in the first image (default: its centre)")
+    _compute_options(p)
     p.set_defaults(func=_viz)
 
 
@@ -481,8 +490,9 @@ def _viz(args) -> int:
     model = backbone_from_spec(args.backbone)
     images = [decode_image(path) for path in args.images]
     size = args.size or None
+    compute = dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     if args.kind == "pca":
-        picture = viz.render_pca(model, images, size, args.foreground)
+        picture = viz.render_pca(model, images, size, args.foreground, **compute)
     elif args.kind == "similarity":
         try:
             query = None if args.query is None else tuple(float(v) for v in args.query.split(","))
@@ -490,9 +500,9 @@ def _viz(args) -> int:
             query = ()
         if query is not None and len(query) != 2:
             raise UserError(f"--query must be Y,X in pixels, got {args.query!r}")
-        picture = viz.render_similarity(model, images, query, size)
+        picture = viz.render_similarity(model, images, query, size, **compute)
     else:
-        picture = viz.render_attention(model, images, size)
+        picture = viz.render_attention(model, images, size, **compute)
     viz.save_png(picture, args.output)
     print(f"wrote {args.output} ({picture.shape[1]}×{picture.shape[0]} px)")
     return 0
@@ -548,6 +558,7 @@ def _index_search(args) -> int:
 def _add_prototypes(sub) -> None:
     p = sub.add_parser("prototypes", help="few-shot class prototypes: per-patch classes and OOD masks")
     ops = p.add_subparsers(dest="op", required=True, metavar="<build|apply>")
+
     b = ops.add_parser("build", help="prototypes from labelled images (class sub-folders or a path,label list)")
     b.add_argument("source", help="folder with one sub-folder per class, or a .txt/.csv list")
     b.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
@@ -555,6 +566,7 @@ def _add_prototypes(sub) -> None:
     b.add_argument("--masks", default=None, help="folder of masks named <image stem>.png (white = class region)")
     b.add_argument("--size", type=non_negative_int, default=448, help="shorter side in px (0: native)")
     b.add_argument("--per-class", type=positive_int, default=1, help="prototypes per class (cosine k-means when > 1)")
+    _compute_options(b)
     b.set_defaults(func=_prototypes_build)
     a = ops.add_parser("apply", help="class map, OOD score and OOD mask for images")
     a.add_argument("images", nargs="+", metavar="IMAGE")
@@ -562,6 +574,7 @@ def _add_prototypes(sub) -> None:
     a.add_argument("--output", required=True, help="output folder (a PNG and an .npz per image)")
     a.add_argument("--threshold", type=finite_float, default=None, help="OOD threshold (default: the calibrated one)")
     a.add_argument("--backbone", default=None, help="default: the backbone the prototypes were built with")
+    _compute_options(a)
     a.set_defaults(func=_prototypes_apply)
 
 
@@ -570,7 +583,8 @@ def _prototypes_build(args) -> int:
     from .tools.prototypes import build_prototypes
 
     model = backbone_from_spec(args.backbone)
-    protos = build_prototypes(model, args.source, args.masks, args.size or None, args.per_class)
+    protos = build_prototypes(model, args.source, args.masks, args.size or None, args.per_class,
+                              batch_size=args.batch_size, device=args.device, dtype=args.dtype)  # fmt: skip
     protos.meta["backbone"] = args.backbone
     protos.save(args.output)
     counts = ", ".join(f"{n} ({c} patches)" for n, c in zip(protos.names, protos.counts))
@@ -583,7 +597,7 @@ def _prototypes_apply(args) -> int:
 
     from .data.images import decode_image
     from .models import backbone_from_spec
-    from .tools.prototypes import Prototypes, apply_prototypes, render_result
+    from .tools.prototypes import Prototypes, apply_prototypes_to_images, render_result
     from .tools.viz import save_png
 
     protos = Prototypes.load(args.prototypes)
@@ -593,8 +607,10 @@ def _prototypes_apply(args) -> int:
     model = backbone_from_spec(spec)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        result = apply_prototypes(model, protos, decode_image(path), args.threshold)
+    images = (decode_image(path) for path in args.images)  # decoded as the batches need them
+    results = apply_prototypes_to_images(model, protos, images, args.threshold, batch_size=args.batch_size,
+                                         device=args.device, dtype=args.dtype)  # fmt: skip
+    for path, result in zip(args.images, results):
         stem = Path(path).stem
         save_png(render_result(result, len(protos.names)), out / f"{stem}.png")
         arrays = {k: np.asarray(v) for k, v in result.items() if k != "shown"}
@@ -608,6 +624,7 @@ def _prototypes_apply(args) -> int:
 def _add_head(sub) -> None:
     p = sub.add_parser("head", help="train heads on frozen features (classifiers, segmentation) and predict")
     ops = p.add_subparsers(dest="op", required=True, metavar="<train|predict>")
+
     t = ops.add_parser("train", help="train a head on the frozen features of labelled images")
     t.add_argument("source", help="single: class folders or path,label list; multi: CSV path,<label>…(0/1); "
                                   "segment: images (with --masks)")  # fmt: skip
@@ -623,6 +640,12 @@ def _add_head(sub) -> None:
     t.add_argument("--lr", type=positive_float, default=1e-3)
     t.add_argument("--lora", type=non_negative_int, default=0, metavar="RANK", help="also fine-tune LoRA adapters")
     t.add_argument("--lora-targets", choices=["qv", "qkv"], default="qv")
+    t.add_argument("--val", default=None, help="validation images, given like SOURCE (multi-label thresholds are "
+                                              "chosen on them; metrics reported)")  # fmt: skip
+    t.add_argument("--val-fraction", type=finite_float, default=0.0,
+                   help="instead of --val: hold out this share of SOURCE (seeded; per class for single-label)")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="seed of the head and the validation split")
+    _compute_options(t)
     t.set_defaults(func=_head_train)
     q = ops.add_parser("predict", help="classify or segment images with a trained head")
     q.add_argument("images", nargs="+", metavar="IMAGE")
@@ -631,22 +654,27 @@ def _add_head(sub) -> None:
     q.add_argument("--output", default=None, help="classification: JSON file; segmentation: folder of PNG masks")
     q.add_argument("--tile", type=positive_int, default=None, help="tile size in px for huge images")
     q.add_argument("--overlap", type=non_negative_int, default=0)
+    _compute_options(q)
     q.set_defaults(func=_head_predict)
 
 
 def _head_train(args) -> int:
+    import json
+
     from .models import backbone_from_spec
     from .tools.heads import save_head, train_head_on_images
 
     model = backbone_from_spec(args.backbone)
     classes = args.classes.split(",") if args.classes else None
+    common = dict(val=args.val, val_fraction=args.val_fraction, seed=args.seed, batch_size=args.batch_size,
+                  device=args.device, dtype=args.dtype)  # fmt: skip
     if args.lora:
         from .tools.finetune import finetune_classifier
         from .tools.lora import save_adapter
 
         head, config, metrics = finetune_classifier(
             model, args.source, args.task, args.kind, args.features, args.lora, args.lora_targets,
-            args.size or None, args.epochs, args.lr, backbone_name=args.backbone,
+            args.size or None, args.epochs, args.lr, backbone_name=args.backbone, **common,
         )  # fmt: skip
         adapter = Path(args.output).with_suffix(".lora.safetensors")
         save_adapter(model, adapter)
@@ -654,12 +682,26 @@ def _head_train(args) -> int:
     else:
         head, config, metrics = train_head_on_images(
             model, args.source, args.output, args.kind, args.task, args.features, args.masks, classes,
-            args.size or None, args.epochs, args.lr, backbone_name=args.backbone,
+            args.size or None, args.epochs, args.lr, backbone_name=args.backbone, **common,
         )  # fmt: skip
     save_head(head, config, args.output)
+    summary = dict(metrics)
+    if config.thresholds:
+        summary["thresholds"] = dict(zip(config.classes, config.thresholds))
+        summary["thresholds_tuned_on"] = config.meta["thresholds_tuned_on"]
+    report = Path(args.output).with_suffix(".metrics.json")  # the metrics are in the head's metadata too
+    atomic_write_text(report, json.dumps(summary, indent=1))
     trainable = sum(p.numel() for p in head.parameters())
     print(f"wrote {args.output}: {args.kind} head, {args.task}-label, {len(config.classes)} classes, "
-          f"{trainable} parameters; training set: {metrics}")  # fmt: skip
+          f"{trainable} parameters; metrics in {report}")  # fmt: skip
+
+    def rounded(value):
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        return round(value, 4) if isinstance(value, float) else value
+
+    for key, value in summary.items():
+        print(f"  {key}: {rounded(value)}")
     return 0
 
 
@@ -670,7 +712,7 @@ def _head_predict(args) -> int:
 
     from .data.images import decode_image
     from .models import backbone_from_spec
-    from .tools.heads import load_head, predict_image, summarise
+    from .tools.heads import load_head, predict_images, summarise
 
     head, config = load_head(args.head)
     spec = args.backbone or config.meta.get("backbone")
@@ -682,8 +724,10 @@ def _head_predict(args) -> int:
 
         load_adapter(model, Path(args.head).parent / config.meta["adapter"])
     results = {}
-    for path in args.images:
-        out = predict_image(model, head, config, decode_image(path), args.tile, args.overlap)
+    images = (decode_image(path) for path in args.images)  # decoded as the batches need them
+    outs = predict_images(model, head, config, images, args.tile, args.overlap, batch_size=args.batch_size,
+                          device=args.device, dtype=args.dtype)  # fmt: skip
+    for path, out in zip(args.images, outs):
         if config.task == "segment" and args.output:
             from .tools.viz import save_png
 
@@ -705,6 +749,7 @@ VERBS += [_add_train, _add_eval, _add_data]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinokit", description="DINOv2 / DINOv3 backbones, training and tools")
+    parser.add_argument("--version", action="version", version=f"dinokit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<verb>")
     for add in VERBS:
         add(sub)
@@ -719,13 +764,32 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)  # usage errors exit with status 2 by argparse's convention
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse's parsing plus one rule: `train` takes key=value overrides after its options too
+    (`dinokit train tiny_cpu --print-config a=1`). Usage errors exit with status 2 by argparse's convention."""
+    args, extra = parser.parse_known_args(argv)
     if extra and getattr(args, "command", None) == "train" and not any(e.startswith("-") for e in extra):
-        args.overrides += extra  # key=value pairs after an option (`dinokit train tiny_cpu --print-config a=1`)
+        args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Tab completion through argcomplete, an optional extra (`pip install 'dinokit[completion]'`, then
+    `eval "$(register-python-argcomplete dinokit)"`); without it the shell just gets no completions."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (argcomplete's protocol; it exits here)
+        _complete(parser)
+    args = parse_args(parser, argv)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:

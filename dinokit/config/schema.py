@@ -167,6 +167,24 @@ class MonitorConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases (the `wandb` extra): every record of metrics.jsonl, at its step. A resumed run continues
+    the same W&B run, whose id is kept in the run folder (`wandb_run_id.txt`)."""
+
+    project: str = "dinokit"
+    entity: str | None = None  # team or user (default: the logged-in account)
+    name: str | None = None  # display name (default: the run folder's name)
+    mode: Literal["online", "offline"] = "online"  # offline: written under RUN/wandb/, uploaded by `wandb sync`
+
+
+@dataclass
+class LoggingConfig:
+    """Where the metrics go besides metrics.jsonl and the progress bar (TensorBoard: whenever it is installed)."""
+
+    wandb: WandbConfig | None = None  # off; on with a mapping, e.g. logging.wandb.project=my-project
+
+
+@dataclass
 class KnnEvalConfig:
     train: str | None = None  # labelled images (class sub-folders or a `path,label` list): the k-NN gallery
     val: str | None = None  # labelled images to classify
@@ -236,6 +254,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     init: InitConfig = field(default_factory=InitConfig)
     gram: GramConfig | None = None  # the Gram teacher of DINOv3's Gram anchoring (with the loss term losses.gram)

@@ -12,12 +12,16 @@ classes score a little higher, so set the threshold on a held-out image where fa
 
 Masks given in pixels are reduced to the patch grid by coverage: a patch belongs to the region when at least
 half of its pixels do.
+
+Building and applying run the backbone with the tools' compute settings (`compute.py`: device, dtype, images
+per batch, grouped by shape); `apply_prototypes_to_images` streams results for long image lists.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +32,10 @@ from tqdm import tqdm
 from ..atomic import atomic_write
 from ..data.datasets import ImageList
 from ..data.images import decode_image
+from ..data.transforms import model_mean_std
 from ..errors import UserError
-from .extract import Preprocess, features_of_image
+from .compute import chunks, image_features, place
+from .extract import Preprocess
 from .viz import colormap, grid_canvas, prepare_images, to_uint8
 
 
@@ -157,24 +163,31 @@ class Prototypes:
 # ------------------------------------------------------------------------------------ images → prototypes
 def build_prototypes(
     model, source: str | os.PathLike, masks: str | os.PathLike | None = None, size: int | None = 448,
-    per_class: int = 1,
-) -> Prototypes:
+    per_class: int = 1, *, batch_size: int = 8, device: str | torch.device | None = None, dtype: str = "fp32",
+    progress: bool = True,
+) -> Prototypes:  # fmt: skip
     """Prototypes from labelled images: a folder with one sub-folder per class (or a `path,label` list). With
     `masks`, a folder of mask images named like the images (`<stem>.png`, white = the class region); images
-    without a mask contribute all their patches."""
+    without a mask contribute all their patches. The backbone runs on `device` (default: CUDA when available)
+    in `dtype`, `batch_size` images at a time (see `compute.py`)."""
     images = ImageList.from_source(source)
     if images.labels is None:
         raise UserError(f"{source}: prototypes need labelled images (class sub-folders or a path,label list)")
-    prep = Preprocess(model.patch_size, size)
+    device, compute = place(model.eval(), device, dtype)
+    prep = Preprocess(model.patch_size, size, *model_mean_std(model))
     protos = Prototypes(model.embed_dim, per_class)
-    for path, label in tqdm(list(zip(images.paths, images.labels)), desc="prototypes", unit="img"):
-        x = prep(decode_image(path))
-        patch_map = features_of_image(model, x)["patches"]  # [h, w, D]
-        mask = None
-        if masks is not None and (Path(masks) / f"{Path(path).stem}.png").exists():
-            pixels = decode_image(Path(masks) / f"{Path(path).stem}.png")[0] > 127  # [H, W]
-            mask = mask_to_patches(pixels, patch_map.shape[:2])
-        protos.add(images.classes[label], patch_map, mask)
+    items = list(zip(images.paths, images.labels))
+    with tqdm(total=len(items), desc="prototypes", unit="img", disable=not progress) as bar:
+        for chunk in chunks(items, batch_size):
+            feats = image_features(model, [prep(decode_image(path)) for path, _ in chunk], device, compute, batch_size)
+            for (path, label), f in zip(chunk, feats):  # in list order, so batching cannot change the result
+                patch_map = f["patches"]  # [h, w, D]
+                mask = None
+                if masks is not None and (Path(masks) / f"{Path(path).stem}.png").exists():
+                    pixels = decode_image(Path(masks) / f"{Path(path).stem}.png")[0] > 127  # [H, W]
+                    mask = mask_to_patches(pixels, patch_map.shape[:2])
+                protos.add(images.classes[label], patch_map, mask)
+            bar.update(len(chunk))
     protos.calibrate()
     protos.meta = {"size": size}
     return protos
@@ -186,17 +199,31 @@ PALETTE = torch.tensor(  # class colours for label maps
 )  # fmt: skip
 
 
-@torch.inference_mode()
+def apply_prototypes_to_images(
+    model, protos: Prototypes, images: Iterable[torch.Tensor], threshold: float | None = None, *,
+    batch_size: int = 8, device: str | torch.device | None = None, dtype: str = "fp32",
+) -> Iterator[dict[str, torch.Tensor | np.ndarray]]:  # fmt: skip
+    """`apply_prototypes` over many images, lazily: images are read from the iterable `batch_size` at a time,
+    run through the backbone batched by shape (on `device`, in `dtype`), and one result per image is yielded in
+    order — so a long list never sits in memory."""
+    device, compute = place(model.eval(), device, dtype)
+    for chunk in chunks(images, batch_size):
+        inputs = prepare_images(model, chunk, protos.meta.get("size"))  # preprocessed as when built
+        feats = image_features(model, [x for x, _ in inputs], device, compute, batch_size)
+        for (_, shown), f in zip(inputs, feats):
+            patch_map = f["patches"]  # [h, w, D]
+            labels, best = protos.classify(patch_map)
+            yield {"labels": labels, "similarity": best, "ood_score": 1 - best,
+                   "ood_mask": protos.ood_mask(patch_map, threshold), "shown": shown}  # fmt: skip
+
+
 def apply_prototypes(
-    model, protos: Prototypes, image: torch.Tensor, threshold: float | None = None
-) -> dict[str, torch.Tensor | np.ndarray]:
+    model, protos: Prototypes, image: torch.Tensor, threshold: float | None = None, *,
+    device: str | torch.device | None = None, dtype: str = "fp32",
+) -> dict[str, torch.Tensor | np.ndarray]:  # fmt: skip
     """One uint8 image `[3, H, W]` → `labels [h, w]`, `similarity [h, w]`, `ood_score [h, w]`, `ood_mask [h, w]`
     at the patch grid, preprocessed as when the prototypes were built, and `shown` (the model input, uint8)."""
-    ((x, shown),) = prepare_images(model, [image], protos.meta.get("size"))
-    patch_map = features_of_image(model, x)["patches"]  # [h, w, D]
-    labels, best = protos.classify(patch_map)
-    return {"labels": labels, "similarity": best, "ood_score": 1 - best,
-            "ood_mask": protos.ood_mask(patch_map, threshold), "shown": shown}  # fmt: skip
+    return next(apply_prototypes_to_images(model, protos, [image], threshold, device=device, dtype=dtype))
 
 
 def render_result(result: dict, num_classes: int = 2) -> np.ndarray:

@@ -12,7 +12,8 @@
 - `attention_maps`: the last block's attention from CLS to every patch, per head.
 
 `render_pca`, `render_similarity` and `render_attention` run a backbone on images and return the picture as a
-uint8 array `[H, W, 3]`, which `dinokit viz` saves as PNG.
+uint8 array `[H, W, 3]`, which `dinokit viz` saves as PNG. They take the tools' compute settings (`compute.py`):
+`device`, `dtype` (fp32 | bf16 | fp16 autocast) and `batch_size` (images of one shape per forward).
 
 ConvNeXt backbones: PCA and similarity pictures use their last-stage tokens (stride 32, so a coarser map than a
 /16 ViT's at the same size). CLS attention maps need attention, which a ConvNeXt has none of (its "CLS" is the
@@ -31,7 +32,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..atomic import atomic_write
+from ..data.transforms import model_mean_std
 from ..errors import UserError
+from .compute import autocast, chunks, image_features, place, same_shape_groups
 from .extract import Preprocess, is_convnext
 from .matching import sample_descriptors
 
@@ -203,37 +206,40 @@ def save_side_by_side(image: torch.Tensor, feature_rgb: torch.Tensor, path: str 
 # ----------------------------------------------------------------------------------- backbone → pictures
 def prepare_images(model, images: Sequence[torch.Tensor], size: int | None) -> list[tuple[torch.Tensor, np.ndarray]]:
     """uint8 images `[3, H, W]` → (normalised model input, what the model saw as uint8 `[H', W', 3]`)."""
-    cfg = model.config
-    prep = Preprocess(model.patch_size, size, **{k: tuple(cfg.extra[k]) for k in ("mean", "std") if k in cfg.extra})
+    prep = Preprocess(model.patch_size, size, *model_mean_std(model))
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (prep.mean, prep.std))
     out = []
     for img in images:
         x = prep(img)  # [3, H', W']
-        mean, std = (torch.tensor(v).view(3, 1, 1) for v in (prep.mean, prep.std))
         shown = ((x * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
         out.append((x, shown))
     return out
 
 
-@torch.inference_mode()
-def _patch_map(model, x: torch.Tensor) -> torch.Tensor:
-    out = model.forward_features(x[None])
-    return out.patches[0].reshape(*out.grid, -1)  # [h, w, D]
+def _patch_maps(model, inputs: Sequence[torch.Tensor], batch_size: int, device, dtype: str) -> list[torch.Tensor]:
+    """Patch maps `[h, w, D]` (float32, CPU) of normalised inputs, batched by shape on `device`."""
+    device, compute = place(model.eval(), device, dtype)
+    return [f["patches"] for f in image_features(model, inputs, device, compute, batch_size)]
 
 
 def render_pca(
-    model, images: Sequence[torch.Tensor], size: int | None = 448, foreground_threshold: float | None = None
-) -> np.ndarray:
-    """One row per image: the input | its patch features' PCA colours (fitted jointly over all images)."""
+    model, images: Sequence[torch.Tensor], size: int | None = 448, foreground_threshold: float | None = None, *,
+    batch_size: int = 8, device: str | torch.device | None = None, dtype: str = "fp32",
+) -> np.ndarray:  # fmt: skip
+    """One row per image: the input | its patch features' PCA colours (fitted jointly over all images).
+    The backbone runs on `device` (default: CUDA when available) in `dtype`, `batch_size` images at a time."""
     inputs = prepare_images(model, images, size)
-    maps = pca_rgb([_patch_map(model, x) for x, _ in inputs], foreground_threshold)
+    maps = pca_rgb(_patch_maps(model, [x for x, _ in inputs], batch_size, device, dtype), foreground_threshold)
     return grid_canvas([[shown, to_uint8(rgb, shown.shape[:2])] for (_, shown), rgb in zip(inputs, maps)])
 
 
 def render_similarity(
-    model, images: Sequence[torch.Tensor], query: tuple[float, float] | None = None, size: int | None = 448
-) -> np.ndarray:
+    model, images: Sequence[torch.Tensor], query: tuple[float, float] | None = None, size: int | None = 448, *,
+    batch_size: int = 8, device: str | torch.device | None = None, dtype: str = "fp32",
+) -> np.ndarray:  # fmt: skip
     """The first image with the query point `(y, x)` (pixels of the original first image; default its centre)
-    marked, then the cosine-similarity map of that point to every patch of each image (shared colour range)."""
+    marked, then the cosine-similarity map of that point to every patch of each image (shared colour range).
+    `batch_size`, `device`, `dtype` as for `render_pca`."""
     inputs = prepare_images(model, images, size)
     H0, W0 = images[0].shape[-2:]
     y, x = query if query is not None else (H0 / 2, W0 / 2)
@@ -241,7 +247,7 @@ def render_similarity(
         raise UserError(f"query point (y={y}, x={x}) lies outside the first image ({H0}×{W0} px)")
     h_in, w_in = inputs[0][0].shape[-2:]
     qy, qx = y * h_in / H0, x * w_in / W0  # in model-input pixels
-    maps = [_patch_map(model, x_) for x_, _ in inputs]
+    maps = _patch_maps(model, [x_ for x_, _ in inputs], batch_size, device, dtype)
     sims = [similarity_map(maps[0], (qy, qx), m, model.patch_size) for m in maps]
     lo, hi = min(float(s.min()) for s in sims), max(float(s.max()) for s in sims)
     rows = []
@@ -260,12 +266,24 @@ def _mark(img: np.ndarray, y: int, x: int, r: int = 6) -> None:
     img[max(y - r, 0) : min(y + r + 1, H), max(x - 1, 0) : x + 2] = (255, 0, 0)
 
 
-def render_attention(model, images: Sequence[torch.Tensor], size: int | None = 448) -> np.ndarray:
-    """One row per image: the input | the mean over heads | each head's CLS attention (own colour range)."""
+def render_attention(
+    model, images: Sequence[torch.Tensor], size: int | None = 448, *, batch_size: int = 8,
+    device: str | torch.device | None = None, dtype: str = "fp32",
+) -> np.ndarray:  # fmt: skip
+    """One row per image: the input | the mean over heads | each head's CLS attention (own colour range).
+    `batch_size`, `device`, `dtype` as for `render_pca`."""
     require_attention(model)  # before any image is preprocessed
+    inputs = prepare_images(model, images, size)
+    device, compute = place(model.eval(), device, dtype)
+    maps: list[torch.Tensor] = [torch.empty(0)] * len(inputs)
+    for group in same_shape_groups([x for x, _ in inputs]):
+        for part in chunks(group, batch_size):
+            with autocast(device, compute):
+                attn = attention_maps(model, torch.stack([inputs[i][0] for i in part]).to(device))  # [b, heads, h, w]
+            for j, i in enumerate(part):
+                maps[i] = attn[j].float().cpu()
     rows = []
-    for x, shown in prepare_images(model, images, size):
-        attn = attention_maps(model, x[None])[0]  # [heads, h, w]
+    for (_, shown), attn in zip(inputs, maps):
         panels = [attn.mean(0)] + list(attn)
         rows.append([shown] + [to_uint8(colormap(a), shown.shape[:2]) for a in panels])
     return grid_canvas(rows)

@@ -1,9 +1,13 @@
 """What a run reports: a tqdm progress bar (loss terms, LR, images/s, ETA), `metrics.jsonl` (one JSON object per
-logged step with `step` and every loss term and metric) and, when `tensorboard` is installed, TensorBoard
-event files in `tensorboard/`. Only rank 0 writes.
+logged step with `step` and every loss term and metric), when `tensorboard` is installed TensorBoard event files
+in `tensorboard/`, and with `logging.wandb` configured the same records in a Weights & Biases run. Only rank 0
+writes.
 
 Resuming truncates `metrics.jsonl` to the steps the checkpoint had completed, so the file never holds the same
 step twice; a line cut short by a kill in the middle of its write is dropped then (and skipped when reading).
+W&B continues the same run (its id is kept in `wandb_run_id.txt`, `resume="allow"`); W&B ignores steps below
+the last it received, so steps logged after the checkpoint and redone after resuming keep their first values,
+which resumption reproduces exactly (but for images/s).
 """
 
 from __future__ import annotations
@@ -12,17 +16,29 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
+from ..errors import require
 from ..ssl.losses import TERMS
+
+if TYPE_CHECKING:
+    from ..config.schema import WandbConfig
 
 SHOWN = ("loss", *TERMS)  # in the progress bar (those a run has), besides lr and images/s
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, images_per_step: int, enabled: bool = True):
+    def __init__(
+        self, run_dir: Path, total_steps: int, start_step: int, images_per_step: int, enabled: bool = True,
+        wandb: WandbConfig | None = None, config: dict | None = None,
+    ):  # fmt: skip
+        """`wandb`: the run's `logging.wandb` section (None: off); `config`: the resolved configuration, recorded
+        in the W&B run."""
+        # checked first, and on every rank, so that none waits forever on a rank 0 stopped by its absence
+        module = None if wandb is None else require("wandb", "wandb", "logging to Weights & Biases (logging.wandb)")
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.images_per_step = images_per_step
@@ -39,6 +55,7 @@ class RunLog:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
             except ImportError:
                 pass
+        self.wandb = _wandb_run(module, wandb, run_dir, config) if enabled and wandb is not None else None
 
     def step_done(self) -> None:
         self.bar.update(1)
@@ -58,6 +75,8 @@ class RunLog:
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k.replace("weight/", "weight_"), v, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
         shown = {k: f"{metrics[k]:.4g}" for k in SHOWN if k in metrics}
         shown.update({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith("/loss")})  # each distilled student
         shown["lr"] = f"{metrics.get('lr', 0.0):.2e}"
@@ -76,6 +95,19 @@ class RunLog:
         self.bar.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_run(wandb, cfg: WandbConfig, run_dir: Path, config: dict | None):
+    """Start (or, when the run folder names one, continue) the W&B run of this run folder."""
+    id_file = run_dir / "wandb_run_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.resolve().name, mode=cfg.mode,
+                     dir=str(run_dir), config=config, id=run_id, resume="allow")  # fmt: skip
+    if run_id is None:
+        atomic_write_text(id_file, run.id + "\n")
+    return run
 
 
 def _truncate(path: Path, start_step: int) -> None:

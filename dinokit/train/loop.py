@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..atomic import remove_stale_temporaries
-from ..config import PretrainConfig, changed_keys, save_config
+from ..config import PretrainConfig, changed_keys, save_config, to_dict
 from ..data.stream import SSLStream
 from ..errors import UserError
 from ..models import save_backbone
@@ -86,7 +86,8 @@ def _train(cfg: PretrainConfig, resume: bool, eval_fn: EvalFn | None, info: D.Di
     stream = SSLStream(**parts.stream_args, start_batch=next_batch)
     batches = data_iterator(stream, cfg.data.num_workers, pin_memory=info.device.type == "cuda")
     autocast = _autocast(cfg.train.precision, info.device)
-    runlog = RunLog(run, cfg.train.steps, start, parts.global_batch, enabled=info.is_main)
+    runlog = RunLog(run, cfg.train.steps, start, parts.global_batch, enabled=info.is_main, wandb=cfg.logging.wandb,
+                    config=to_dict(cfg))  # fmt: skip
     skipped_files: Counter[str] = Counter()
     meta.train()
     with _graceful_stop() as stop:

@@ -206,7 +206,7 @@ def test_matching_describes_the_output_and_any_stage(convnext):
 def test_heads_train_and_predict_with_a_convnext(convnext, colour_classes, tmp_path):
     head, config, metrics = train_head_on_images(convnext, str(colour_classes), tmp_path / "h.safetensors",
                                                  features="cls+avg", size=64, epochs=30, lr=2e-2)  # fmt: skip
-    assert config.in_dim == 2 * 128 and metrics["accuracy"] == 1.0
+    assert config.in_dim == 2 * 128 and metrics["training"]["accuracy"] == 1.0
     Image.fromarray(_solid(COLOURS["blue"], 77)).save(tmp_path / "probe.png")
     out = predict_image(convnext, head, config, decode_image(tmp_path / "probe.png"))
     assert config.classes[int(out["labels"])] == "blue" and float(out["probs"].sum()) == pytest.approx(1.0)

@@ -4,8 +4,17 @@ import torch
 from PIL import Image
 
 from dinokit.cli import main
+from dinokit.data.images import decode_image
 from dinokit.errors import UserError
-from dinokit.tools.prototypes import Prototypes, mask_to_patches
+from dinokit.models import create_backbone
+from dinokit.tools.prototypes import (
+    Prototypes,
+    apply_prototypes,
+    apply_prototypes_to_images,
+    build_prototypes,
+    mask_to_patches,
+)
+from tests.tools.helpers import trained_like, write_png
 
 
 def synthetic(seed=0):
@@ -96,3 +105,42 @@ def test_prototypes_cli_end_to_end(tmp_path, capsys):
     assert (tmp_path / "out" / "scene.png").exists()
     assert main(["prototypes", "build", str(tmp_path / "scene.png"), "--backbone", "random:dinov3_test",
                  "--output", str(tmp_path / "x.safetensors")]) == 2  # fmt: skip
+
+
+def test_batched_build_and_apply_equal_one_at_a_time(tmp_path):
+    torch.manual_seed(0)
+    model = trained_like(create_backbone("dinov3_test").eval())
+    for i, name in enumerate(["a", "a", "b", "b", "b"]):  # two shapes per class
+        (tmp_path / "train" / name).mkdir(parents=True, exist_ok=True)
+        write_png(tmp_path / "train" / name / f"{i}.png", 96, i, crop=(64, 96) if i % 2 else None)
+    one = build_prototypes(model, tmp_path / "train", size=None, per_class=2, batch_size=1, progress=False)
+    batched = build_prototypes(model, tmp_path / "train", size=None, per_class=2, batch_size=4, progress=False)
+    torch.testing.assert_close(batched.vectors, one.vectors, atol=1e-5, rtol=0)
+    assert batched.threshold == pytest.approx(one.threshold, abs=1e-5)
+    images = []
+    for i in range(4):
+        write_png(tmp_path / f"probe{i}.png", 80, 10 + i, crop=(48, 80) if i % 2 else None)
+        images.append(decode_image(tmp_path / f"probe{i}.png"))
+    results = list(apply_prototypes_to_images(model, one, iter(images), batch_size=3, device="cpu"))
+    assert len(results) == 4
+    for image, result in zip(images, results):
+        single = apply_prototypes(model, one, image)
+        assert torch.equal(result["labels"], single["labels"]) and np.array_equal(result["shown"], single["shown"])
+        torch.testing.assert_close(result["ood_score"], single["ood_score"], atol=1e-5, rtol=0)
+    assert not torch.allclose(results[0]["ood_score"], results[2]["ood_score"])  # a batch order mix-up would show
+
+
+def test_prototypes_cli_on_cpu_in_bf16(image_folder, tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "list.csv").write_text("".join(f"{image_folder / n},{n[0]}\n" for n in ("a.png", "b.png")))
+    protos = tmp_path / "p.safetensors"
+    compute = ["--device", "cpu", "--dtype", "bf16", "--batch-size", "2"]
+    assert main(["prototypes", "build", str(tmp_path / "train" / "list.csv"), "--backbone", "random:dinov3_test",
+                 "--output", str(protos), "--size", "64", *compute]) == 0  # fmt: skip
+    images = [str(image_folder / n) for n in ("a.png", "b.png", "c.png")]
+    assert main(["prototypes", "apply", *images, "--prototypes", str(protos), "--output", str(tmp_path / "out"),
+                 *compute]) == 0  # fmt: skip
+    for name in ("a", "b", "c"):
+        result = np.load(tmp_path / "out" / f"{name}.npz")
+        assert result["ood_score"].shape == result["labels"].shape and np.isfinite(result["ood_score"]).all()
+    assert capsys.readouterr().out.count("out of distribution") == 3

@@ -4,7 +4,10 @@ import torch
 from PIL import Image
 
 from dinokit.cli import main
-from dinokit.tools.viz import attention_maps, foreground_masks, pca_rgb, similarity_map
+from dinokit.data.images import decode_image
+from dinokit.models import create_backbone
+from dinokit.tools.viz import attention_maps, foreground_masks, pca_rgb, render_attention, render_pca, similarity_map
+from tests.tools.helpers import trained_like, write_png
 
 
 def planted(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,3 +82,29 @@ def test_viz_cli(image_folder, tmp_path, capsys):
     rc = main(["viz", "similarity", imgs[0], "--backbone", "random:dinov3_test", "--output", str(tmp_path / "x.png"),
                "--query", "500,1"])  # fmt: skip
     assert rc == 2 and "outside" in capsys.readouterr().err
+
+
+def test_batched_pictures_equal_one_at_a_time(tmp_path):
+    """Images of two shapes in one call, grouped by shape and `batch_size` at a time: the pictures are those of
+    one image per forward."""
+    torch.manual_seed(0)
+    model = trained_like(create_backbone("dinov3_test").eval())  # images differ in its features
+    images = []
+    for i in range(5):
+        write_png(tmp_path / f"{i}.png", 96, i, crop=(64, 96) if i % 2 else None)
+        images.append(decode_image(tmp_path / f"{i}.png"))
+    for render in (render_pca, render_attention):
+        one = render(model, images, 64, batch_size=1, device="cpu")
+        batched = render(model, images, 64, batch_size=2, device="cpu")
+        assert one.shape == batched.shape and np.abs(one.astype(int) - batched).max() <= 1
+    # rows 0 and 2 (same shape, one batch): their maps differ, so a batch put back in the wrong order would show
+    assert np.abs(batched[:64, 72:].astype(int) - batched[144:208, 72:]).mean() > 10
+
+
+def test_viz_cli_on_cpu_in_bf16(image_folder, tmp_path):
+    imgs = [str(image_folder / name) for name in ("a.png", "b.png", "c.png")]
+    for kind in ("pca", "similarity", "attention"):
+        out = tmp_path / f"{kind}.png"
+        argv = ["viz", kind, *imgs, "--backbone", "random:dinov3_test", "--output", str(out), "--size", "64"]
+        assert main([*argv, "--device", "cpu", "--dtype", "bf16", "--batch-size", "2"]) == 0
+        assert np.asarray(Image.open(out)).shape[0] == 3 * 64 + 2 * 8  # a row per image
