@@ -1,7 +1,7 @@
-# Two commands set everything up on a machine that has only python3 and pip:
+# Two commands set everything up on a machine that has make and python3 (≥ 3.10, with venv; Debian: python3-venv):
 #   make demo   — the main job        make test — the whole test suite
 # `make setup` (idempotent) creates .venv and installs dinokit into it, which is all `make demo` needs;
-# `make setup-test` adds the test and example extras (transformers, faiss, onnx, …) that `make test` needs.
+# `make setup-test` adds the test extra (transformers, faiss, onnx, …) that `make test` needs.
 # Keeping them apart saves the demo about a minute of installing on a fresh machine.
 
 PYTHON ?= python3
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PIP) -e ".[test,examples]"
+	$(PIP) -e ".[test]"
 	@# a file or two of torch's own tests use newer syntax and do not compile: harmless, hence the "-"
 	-@$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1
 	@touch $(TEST_STAMP)

@@ -1,7 +1,7 @@
 """The photo demo: one image through a backbone → a features file and the PCA picture of its patches.
 
-Uses a sample photograph from scikit-image when it is installed (`pip install dinokit[examples]`), else a
-generated test image, so it runs offline on a bare machine.
+Without an image it uses a sample photograph shipped with the package (`dinokit/samples/`: astronaut, coffee,
+chelsea; sources and licences in samples/SOURCES.md), so it runs offline and needs no extra package.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .data.images import decode_image
@@ -17,15 +16,21 @@ from .data.transforms import EvalTransform
 from .models import backbone_from_spec
 from .tools.viz import pca_rgb, save_side_by_side
 
+SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea")
 
-def sample_photo() -> tuple[torch.Tensor, str]:
-    """A real photograph (scikit-image's `astronaut`, public domain, NASA) or a generated scene."""
-    try:
-        from skimage import data
 
-        return torch.from_numpy(np.ascontiguousarray(data.astronaut())).permute(2, 0, 1), "skimage astronaut"
-    except ImportError:
-        return generated_scene(), "generated scene (install scikit-image for a real photo)"
+def sample_photo_path(name: str = "astronaut") -> Path:
+    """The file of a shipped sample photo, for code and commands that take paths (`dinokit viz pca …`)."""
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"no sample photo {name!r}; there are {', '.join(SAMPLE_PHOTOS)}")
+    return SAMPLES / f"{name}.png"
+
+
+def sample_photo(name: str = "astronaut") -> tuple[torch.Tensor, str]:
+    """A shipped sample photograph as an RGB uint8 tensor `[3, H, W]` (the astronaut: public domain, NASA),
+    and a description of it."""
+    return decode_image(sample_photo_path(name)), f"sample photo {name} (samples/SOURCES.md)"
 
 
 def generated_scene(size: int = 448, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Draw the pictures of docs/tools.md and the README's tools section from scikit-image's sample photos.
+"""Draw the pictures of docs/tools.md and the README's tools section from the sample photos dinokit ships.
 
     PYTHONPATH=. python docs/make_tool_pictures.py [--backbone random:dinov3_vits16] [--out docs/images]
 
@@ -13,12 +13,11 @@ import argparse
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage import data
 
 from dinokit.data.transforms import normalize, resize, to_float
+from dinokit.demo_photo import sample_photo
 from dinokit.models import backbone_from_spec
 from dinokit.tools.extract import Preprocess, features_of_image
 from dinokit.tools.matching import describe, match_keypoints, project_points, warp_image
@@ -27,7 +26,7 @@ from dinokit.tools.viz import render_attention, render_matches, render_pca, rend
 
 
 def photo(name: str) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(getattr(data, name)())).permute(2, 0, 1)  # uint8 [3, H, W]
+    return sample_photo(name)[0]  # uint8 [3, H, W]
 
 
 def main() -> None:
