@@ -91,12 +91,19 @@ class RunLog:
         if self.enabled:
             self.bar.write(text)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """End the bar and the loggers; `failed`: the run ended by an error (W&B marks the run so)."""
         self.bar.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=1 if failed else 0)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        self.close(failed=error_type is not None)
 
 
 def _wandb_run(wandb, cfg: WandbConfig, run_dir: Path, config: dict | None):

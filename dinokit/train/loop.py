@@ -90,7 +90,7 @@ def _train(cfg: PretrainConfig, resume: bool, eval_fn: EvalFn | None, info: D.Di
                     config=to_dict(cfg))  # fmt: skip
     skipped_files: Counter[str] = Counter()
     meta.train()
-    with _graceful_stop() as stop:
+    with _graceful_stop() as stop, runlog:  # the bar and the loggers end on errors too
         for step in range(start, cfg.train.steps):
             micro = [next(batches) for _ in range(cfg.train.grad_accumulation)]
             skipped_files.update(name for b in micro for name in b.skipped)
@@ -112,7 +112,6 @@ def _train(cfg: PretrainConfig, resume: bool, eval_fn: EvalFn | None, info: D.Di
             if stopping:
                 runlog.message(f"stopped at step {done}; run the same command again to resume")
                 break
-    runlog.close()
     if skipped_files and info.is_main:
         log.warning("%d unreadable file(s) skipped, %d times in all", len(skipped_files), skipped_files.total())
     if not stop.requested:

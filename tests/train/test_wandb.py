@@ -18,7 +18,7 @@ class FakeWandb(types.ModuleType):
         super().__init__("wandb")
         self.inits: list[dict] = []
         self.logged: list[tuple[str, int, dict]] = []  # (run id, step, metrics)
-        self.finished: list[str] = []
+        self.finished: list[tuple[str, int]] = []  # (run id, exit code)
 
     def init(self, **kwargs):
         run_id = kwargs["id"] or f"run-{len(self.inits)}"
@@ -27,7 +27,7 @@ class FakeWandb(types.ModuleType):
         return types.SimpleNamespace(
             id=run_id,
             log=lambda metrics, step: fake.logged.append((run_id, step, dict(metrics))),
-            finish=lambda: fake.finished.append(run_id),
+            finish=lambda exit_code=0: fake.finished.append((run_id, exit_code)),
         )
 
 
@@ -57,7 +57,7 @@ def test_wandb_gets_the_metrics_of_metrics_jsonl_and_a_resumed_run_continues_its
     assert first["project"] == "tiny" and first["mode"] == "offline" and first["name"] == "run"
     assert first["id"] is None and second["id"] == "run-0" and second["resume"] == "allow"
     assert first["config"]["train"]["steps"] == 3 and first["dir"] == str(run)
-    assert fake_wandb.finished == ["run-0"]  # the crashed attempt never finished; W&B marks it so itself
+    assert fake_wandb.finished == [("run-0", 1), ("run-0", 0)]  # the crashed attempt is marked as failed
     assert [(run_id, step) for run_id, step, _ in fake_wandb.logged] == [("run-0", 1), ("run-0", 2), ("run-0", 3)]
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
