@@ -79,6 +79,9 @@ def device_name(text: str) -> str:
     return text
 
 
+BACKBONE_HELP = "a checkpoint path or URL, hf:<org>/<name>, official:<preset> or random:<preset>"
+
+
 def _compute_options(p) -> None:
     """--batch-size, --device and --dtype, the same on every tool verb that runs a backbone."""
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward (default 8)")
@@ -175,7 +178,7 @@ def _add_eval(sub) -> None:
 
     def protocol(name: str, help: str, size: int):
         q = protocols.add_parser(name, help=help)
-        q.add_argument("--backbone", required=True, help="any checkpoint load_backbone reads, or random:<preset>")
+        q.add_argument("--backbone", required=True, help=BACKBONE_HELP)
         q.add_argument("--seed", type=non_negative_int, default=0, help="seed of random:<preset> and of the protocol")
         q.add_argument("--size", type=positive_int, default=size, help=f"image size in pixels (default {size})")
         q.add_argument(
@@ -185,9 +188,9 @@ def _add_eval(sub) -> None:
         q.set_defaults(func=_eval)
         return q
 
-    def image_sets(q, what: str) -> None:
+    def image_sets(q, what: str, val: str | None = None) -> None:
         q.add_argument("--train", required=True, help=f"training {what}")
-        q.add_argument("--val", required=True, help=f"evaluation {what}")
+        q.add_argument("--val", required=True, help=f"evaluation {val or what}")
 
     def loader(q) -> None:
         q.add_argument("--batch-size", type=positive_int, default=64)
@@ -209,14 +212,16 @@ def _add_eval(sub) -> None:
         if name == "linear":
             q.add_argument("--epochs", type=positive_int, default=10)
     q = protocol("seg", "dense linear segmentation (mIoU)", 512)
-    image_sets(q, "image folder (ADE20K: images/training) or `image label` list")
+    image_sets(q, "image folder (ADE20K: images/training) or `image label` list",
+               "image folder (ADE20K: images/validation) or `image label` list")  # fmt: skip
     q.add_argument("--train-labels", default=None, help="label folder (default: images → annotations in the path)")
     q.add_argument("--val-labels", default=None)
     q.add_argument("--num-classes", type=positive_int, default=None, help="default: largest training label + 1")
     q.add_argument("--reduce-zero-label", action="store_true", help="ADE20K: 0 is 'other' (ignored), 1…150 → 0…149")
     dense(q, 40000)
     q = protocol("depth", "dense linear depth (RMSE, AbsRel, δ1)", 480)
-    image_sets(q, "RGB folder (NYU style: train/rgb) or `rgb depth` list")
+    image_sets(q, "RGB folder (NYU style: train/rgb) or `rgb depth` list",
+               "RGB folder (NYU style: test/rgb) or `rgb depth` list")  # fmt: skip
     q.add_argument("--train-depth", default=None, help="depth folder (default: rgb → depth in the path)")
     q.add_argument("--val-depth", default=None)
     q.add_argument("--min-depth", type=finite_float, default=1e-3)
@@ -329,7 +334,7 @@ def _data_synth(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="the main job: synthetic data → pretrain a tiny ViT → evaluate random vs trained → report",
+        help="end-to-end demo: synthetic data → pretrain a tiny ViT → evaluate random vs trained → report",
         description="Without --backbone/--image: generate the synthetic benchmark, pretrain a tiny ViT with the "
         "DINOv2 recipe, evaluate it against a random one and write DIR/report.md + report.html. With --backbone "
         "or --image: the photo demo (one image's features and the PCA picture of its patches).",
@@ -337,7 +342,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--output", default="demo_out", help="output folder (default: demo_out/)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     photo = p.add_argument_group("photo demo")
-    photo.add_argument("--backbone", default=None, help="checkpoint, or random:<preset> (default random:dinov3_vits16)")
+    photo.add_argument("--backbone", default=None, help=f"{BACKBONE_HELP} (default random:dinov3_vits16)")
     photo.add_argument("--image", default=None, help="an image file (default: a sample photo)")
     photo.add_argument("--size", type=positive_int, default=448, help="input size in pixels (default 448)")
     p.set_defaults(func=_demo)
@@ -407,7 +412,7 @@ def _train(args) -> int:
 def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="frozen features of images → shards + index (resumable)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or .txt/.csv file lists")
-    p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    p.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     p.add_argument("--output", required=True, help="output folder (rerun to resume)")
     p.add_argument("--size", type=positive_int, default=None, help="shorter side in px (default: native size)")
     p.add_argument("--tile", type=positive_int, default=None, help="tile size in px for huge images (maps stitched)")
@@ -441,7 +446,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a backbone (ONNX with dynamic batch and image size)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="<format>")
     q = kinds.add_parser("onnx", help="ONNX: images [B,3,H,W] → cls, registers, patches; checked with onnxruntime")
-    q.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    q.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     q.add_argument("--output", required=True, help="FILE.onnx")
     q.add_argument("--opset", type=positive_int, default=18)
     q.add_argument("--size", type=positive_int, default=None, help="example and check size in px (default 8 patches)")
@@ -472,7 +477,7 @@ def _add_viz(sub) -> None:
     p = sub.add_parser("viz", help="pictures of features: PCA colours, similarity maps, CLS attention")
     p.add_argument("kind", choices=["pca", "similarity", "attention"])
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    p.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     p.add_argument("--output", required=True, help="PNG file")
     p.add_argument("--size", type=non_negative_int, default=448, help="shorter side in px (0: native)")
     p.add_argument("--foreground", type=finite_float, default=None,
@@ -515,7 +520,7 @@ def _add_index(sub) -> None:
     b = ops.add_parser("build", help="index images (or a folder from `dinokit extract`); extends an existing index")
     b.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, file lists, or one features folder")
     b.add_argument("--output", required=True, help="index folder")
-    b.add_argument("--backbone", default=None, help="checkpoint, or random:<preset> (not needed for features)")
+    b.add_argument("--backbone", default=None, help=f"{BACKBONE_HELP} (not needed for features)")
     b.add_argument("--kind", choices=["exact", "ivf", "hnsw"], default="exact")
     b.add_argument("--source", choices=["cls", "patches"], default="cls", help="CLS, or mean-pooled patches")
     b.add_argument("--size", type=positive_int, default=224, help="shorter side in px when embedding images")
@@ -561,7 +566,7 @@ def _add_prototypes(sub) -> None:
 
     b = ops.add_parser("build", help="prototypes from labelled images (class sub-folders or a path,label list)")
     b.add_argument("source", help="folder with one sub-folder per class, or a .txt/.csv list")
-    b.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    b.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     b.add_argument("--output", required=True, help="prototypes file (.safetensors)")
     b.add_argument("--masks", default=None, help="folder of masks named <image stem>.png (white = class region)")
     b.add_argument("--size", type=non_negative_int, default=448, help="shorter side in px (0: native)")
@@ -628,7 +633,7 @@ def _add_head(sub) -> None:
     t = ops.add_parser("train", help="train a head on the frozen features of labelled images")
     t.add_argument("source", help="single: class folders or path,label list; multi: CSV path,<label>…(0/1); "
                                   "segment: images (with --masks)")  # fmt: skip
-    t.add_argument("--backbone", required=True, help="checkpoint, or random:<preset>")
+    t.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     t.add_argument("--output", required=True, help="head file (.safetensors); features cached beside it")
     t.add_argument("--kind", choices=["linear", "mlp", "conv"], default="linear")
     t.add_argument("--task", choices=["single", "multi", "segment"], default="single")
