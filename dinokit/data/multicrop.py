@@ -1,4 +1,4 @@
-"""Multi-crop views of images for SSL training (DINO §3.1; DINOv2 / DINOv3 recipes, REFERENCE §3).
+"""Multi-crop views of images for SSL training (DINO §3.1; the released DINOv2 / DINOv3 recipes).
 
 Each image gives 2 global crops (RandomResizedCrop scale (0.32, 1), bicubic) and `local_number` local crops
 (scale (0.05, 0.32)), each flipped with p 0.5, colour-jittered (0.4, 0.4, 0.2, 0.1) with p 0.8, turned grey

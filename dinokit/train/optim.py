@@ -1,4 +1,4 @@
-"""AdamW with the parameter groups of the released recipes (DINOv2 `param_groups.py`, REFERENCE §3).
+"""AdamW with the parameter groups of the released recipes (DINOv2 `param_groups.py`; DINOv3 the same).
 
 Per parameter: layer-wise LR decay `lwd^(L + 1 − id)` with id 0 for the patch embedding, CLS / mask /
 position tokens (and, as in DINOv3, the register tokens — DINOv2 gave its registers id L + 1), id i + 1 for
