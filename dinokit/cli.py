@@ -339,7 +339,7 @@ def _add_demo(sub) -> None:
         "DINOv2 recipe, evaluate it against a random one and write DIR/report.md + report.html. With --backbone "
         "or --image: the photo demo (one image's features and the PCA picture of its patches).",
     )
-    p.add_argument("--output", default="demo_out", help="output folder (default: demo_out/)")
+    p.add_argument("--output", default=None, help="output folder (default: demo_out/; the photo demo: photo_demo/)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     photo = p.add_argument_group("photo demo")
     photo.add_argument("--backbone", default=None, help=f"{BACKBONE_HELP} (default random:dinov3_vits16)")
@@ -352,11 +352,13 @@ def _demo(args) -> int:
     if args.backbone is not None or args.image is not None:
         from .demo_photo import run_photo_demo
 
-        run_photo_demo(Path(args.output), args.backbone or "random:dinov3_vits16", args.image, args.size, args.seed)
+        # a folder of its own: demo_out/pca.png is a figure of the training demo's report
+        out = Path(args.output or "photo_demo")
+        run_photo_demo(out, args.backbone or "random:dinov3_vits16", args.image, args.size, args.seed)
         return 0
     from .demo import run_demo
 
-    run_demo(Path(args.output), seed=args.seed)
+    run_demo(Path(args.output or "demo_out"), seed=args.seed)
     return 0
 
 

@@ -62,3 +62,9 @@ def test_photo_demo_writes_features_and_picture(tmp_path):
     feats = load_file(out / "features.safetensors")
     assert feats["patches"].shape == (4, 4, 128) and feats["registers"].shape == (4, 128)
     assert (out / "pca.png").stat().st_size > 0
+
+
+def test_the_photo_demo_keeps_out_of_the_training_demos_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # demo_out/pca.png is a figure of the training demo's report
+    assert main(["demo", "--backbone", "random:dinov3_test", "--size", "64"]) == 0
+    assert (tmp_path / "photo_demo" / "pca.png").is_file() and not (tmp_path / "demo_out").exists()

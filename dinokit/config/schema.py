@@ -32,7 +32,7 @@ class DataConfig:
 
 @dataclass
 class CropsConfig:
-    """Multi-crop (DINOv2 §3; the released DINOv2 / DINOv3 configurations). Sizes must be multiples of the patch size for learned pos-embeds."""
+    """Multi-crop (DINOv2 §3, the released configurations). Sizes: multiples of the patch size (learned pos-embeds)."""
 
     global_size: int = 224
     global_scale: tuple[float, float] = (0.32, 1.0)
