@@ -1,0 +1,141 @@
+"""k-means: blob recovery, determinism, chunked memmap input, 2-process gloo equals 1 process; hierarchical k-means
+tree shapes and save/load."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dinokit.curate import Tree, assign, hierarchical_kmeans, kmeans
+
+
+def blobs(n=1000, k=5, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, dim)) * 20
+    labels = rng.integers(k, size=n)
+    return (centers[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels, centers
+
+
+def test_recovers_well_separated_blobs():
+    x, labels, centers = blobs()
+    c, a = kmeans(x, 5, iters=10, seed=0)
+    # one cluster per blob: the assignment is the labelling up to a permutation
+    pairs = set(zip(labels.tolist(), a.tolist()))
+    assert len(pairs) == 5 and len({p[1] for p in pairs}) == 5
+    for label, cluster in pairs:
+        np.testing.assert_allclose(c[cluster], x[labels == label].mean(0), atol=1e-4)
+    assert (assign(x, c) == a).all()
+
+
+def test_deterministic_under_seed_and_chunking():
+    x, _, _ = blobs(k=12)
+    c1, a1 = kmeans(x, 8, iters=15, seed=3, chunk=64)
+    c2, a2 = kmeans(x, 8, iters=15, seed=3, chunk=64)
+    assert np.array_equal(c1, c2) and np.array_equal(a1, a2)
+    c3, a3 = kmeans(x, 8, iters=15, seed=3, chunk=1000)  # block size changes no result
+    np.testing.assert_allclose(c1, c3, atol=1e-5)
+    assert np.array_equal(a1, a3)
+    c4, _ = kmeans(x, 8, iters=15, seed=4, chunk=64)
+    assert not np.allclose(c1, c4)
+
+
+def test_float16_memmap_read_in_chunks(tmp_path):
+    x, _, _ = blobs()
+    np.save(tmp_path / "emb.npy", x.astype(np.float16))
+    pool = np.load(tmp_path / "emb.npy", mmap_mode="r")
+    c, a = kmeans(pool, 5, iters=5, seed=0, chunk=100)
+    c_ref, a_ref = kmeans(x.astype(np.float16).astype(np.float32), 5, iters=5, seed=0, chunk=100)
+    assert pool.dtype == np.float16 and c.dtype == np.float32
+    reads = []
+
+    class Recorded:  # the memmap, remembering how many rows each read took
+        shape = pool.shape
+
+        def __len__(self):
+            return len(pool)
+
+        def __getitem__(self, i):
+            reads.append(len(pool[i]))
+            return pool[i]
+
+    c_rec, _ = kmeans(Recorded(), 5, iters=5, seed=0, chunk=100)
+    assert max(reads) == 100 and np.array_equal(c_rec, c)
+    np.testing.assert_array_equal(c, c_ref)
+    np.testing.assert_array_equal(a, a_ref)
+
+
+def test_empty_clusters_keep_their_centroid():
+    # 3 distinct points for 5 clusters: the seeding duplicates points, the duplicates' clusters stay empty
+    x = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)
+    c, a = kmeans(x, 5, iters=3, seed=0)
+    assert np.isfinite(c).all() and len(np.unique(a)) == 3
+    np.testing.assert_allclose(c[a], x)
+
+
+def test_too_few_points():
+    with pytest.raises(ValueError, match="at least 5 points"):
+        kmeans(np.zeros((3, 2), np.float32), 5)
+
+
+def test_hierarchical_tree_shapes_paths_and_round_trip(tmp_path):
+    x, _, _ = blobs(n=600)
+    tree = hierarchical_kmeans(x, [40, 8, 3], resampling_steps=[1, 3, 2], sample_sizes=[1, 3, 2], iters=10)
+    assert [c.shape for c in tree.centroids] == [(40, 8), (8, 8), (3, 8)]
+    assert [len(a) for a in tree.assignments] == [600, 40, 8]
+    assert all(a.max() < len(c) for a, c in zip(tree.assignments, tree.centroids))
+    assert [tree.flat_sizes(level).sum() for level in (1, 2, 3)] == [600] * 3
+    paths = tree.paths()
+    assert paths.shape == (600, 3) and tuple(paths[17]) == tree.path(17)
+    assert paths[17, 1] == tree.assignments[1][paths[17, 0]]
+    # level 2 without resampling is k-means of the level-1 centroids
+    plain = hierarchical_kmeans(x, [40, 8], iters=10)
+    np.testing.assert_array_equal(plain.centroids[0], tree.centroids[0])
+    assert np.array_equal(plain.assignments[1], assign(plain.centroids[0], plain.centroids[1]))
+
+    tree.save(tmp_path / "tree")
+    names = ["tree.json"] + [f"level{i}_{n}.npy" for i in (1, 2, 3) for n in ("centroids", "assignment")]
+    assert sorted(p.name for p in (tmp_path / "tree").iterdir()) == sorted(names)
+    again = Tree.load(tmp_path / "tree")
+    for a, b in zip(tree.centroids + tree.assignments, again.centroids + again.assignments):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hierarchical_deterministic_under_seed():
+    x, _, _ = blobs(n=400)
+    t1 = hierarchical_kmeans(x, [20, 4], [1, 3], [1, 2], iters=5, seed=1)
+    t2 = hierarchical_kmeans(x, [20, 4], [1, 3], [1, 2], iters=5, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(t1.centroids + t1.assignments, t2.centroids + t2.assignments))
+
+
+SPLIT = 530  # uneven shards: rank 0 holds rows [0, 530), rank 1 the rest
+
+
+def _worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        x, _, _ = blobs(k=12)
+        shard = x[:SPLIT] if rank == 0 else x[SPLIT:]
+        c, a = kmeans(shard, 8, iters=15, seed=3, chunk=64)
+        np.save(os.path.join(out, f"rank{rank}_c.npy"), c)
+        np.save(os.path.join(out, f"rank{rank}_a.npy"), a)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    x, _, _ = blobs(k=12)
+    c, a = kmeans(x, 8, iters=15, seed=3, chunk=64)
+    for rank in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}_c.npy"), c, atol=1e-5)
+    a_dist = np.concatenate([np.load(tmp_path / f"rank{r}_a.npy") for r in range(2)])
+    np.testing.assert_array_equal(a_dist, a)
