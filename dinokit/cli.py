@@ -748,10 +748,67 @@ def _head_predict(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- curate
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers (`10000,1000,100`)."""
+    return [positive_int(t) for t in text.split(",")]
+
+
+def _add_curate(sub) -> None:
+    p = sub.add_parser("curate", help="data curation: hierarchical k-means and balanced sampling of embeddings")
+    ops = p.add_subparsers(dest="op", required=True, metavar="<cluster|sample>")
+    emb = "a .npy [N, D] (rows named by <stem>.names.txt beside it, else by index) or a `dinokit extract` folder"
+    c = ops.add_parser("cluster", help="hierarchical k-means of embeddings → a tree of clusters (resumable)")
+    c.add_argument("embeddings", metavar="EMB", help=emb)
+    c.add_argument("--levels", type=int_list, required=True, help="clusters per level, decreasing: 10000,1000,100")
+    c.add_argument("--resampling-steps", type=int_list, default=None, help="per level (default 1 each: plain k-means)")
+    c.add_argument("--sample-sizes", type=int_list, default=None,
+                   help="per level: points nearest each centroid refitted in resampling steps (default 1 each)")
+    c.add_argument("--iters", type=non_negative_int, default=50, help="Lloyd iterations per k-means (default 50)")
+    c.add_argument("--seed", type=non_negative_int, default=0)
+    c.add_argument("--subset", default=None, help="keep.txt of names (or row indices) to restrict EMB to")
+    c.add_argument("--device", type=device_name, default=None, help="cpu, cuda, cuda:1 … (default cpu)")
+    c.add_argument("--output", required=True, help="output folder: the tree, names.txt, summary.json")
+    c.set_defaults(func=_curate_cluster)
+    s = ops.add_parser("sample", help="balanced sample of a cluster tree → keep.txt")
+    s.add_argument("tree", metavar="TREE_DIR", help="a folder written by `dinokit curate cluster`")
+    s.add_argument("--size", type=positive_int, required=True, help="number of images to keep")
+    s.add_argument("--strategy", choices=["random", "closest"], default="random",
+                   help="points taken from each leaf cluster: at random or nearest its centroid")
+    s.add_argument("--seed", type=non_negative_int, default=0)
+    s.add_argument("--embeddings", metavar="EMB", default=None, help="the clustered embeddings (for closest)")
+    s.add_argument("--output", required=True, help="output folder: keep.txt, summary.json")
+    s.set_defaults(func=_curate_sample)
+
+
+def _curate_cluster(args) -> int:
+    from .curate.steps import cluster
+
+    summary = cluster(args.embeddings, args.output, args.levels, args.resampling_steps, args.sample_sizes,
+                      args.iters, args.seed, args.subset, args.device)  # fmt: skip
+    done = "reused the finished tree in" if summary["reused"] else "wrote"
+    print(f"{done} {args.output}: {summary['input']['points']} points")
+    for level, stats in summary["levels"].items():
+        print(f"  level {level}: {stats['clusters']} clusters, sizes {stats['min']:g} / {stats['median']:g} / "
+              f"{stats['max']:g} (min / median / max)")  # fmt: skip
+    return 0
+
+
+def _curate_sample(args) -> int:
+    from .curate.steps import sample
+
+    summary = sample(args.tree, args.output, args.size, args.strategy, args.seed, args.embeddings)
+    top = str(len(summary["after"]))
+    b, a = summary["before"][top], summary["after"][top]
+    print(f"wrote {Path(args.output) / 'keep.txt'}: {summary['sampled']} of {summary['pool']} images; top-level "
+          f"cluster sizes {b['min']:g}–{b['max']:g} before, {a['min']:g}–{a['max']:g} after")  # fmt: skip
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
 VERBS = [_add_info, _add_convert, _add_demo]
 VERBS += [_add_extract, _add_export, _add_viz, _add_index, _add_prototypes, _add_head]
-VERBS += [_add_train, _add_eval, _add_data]
+VERBS += [_add_train, _add_eval, _add_data, _add_curate]
 
 
 def build_parser() -> argparse.ArgumentParser:

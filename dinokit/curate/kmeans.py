@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +72,7 @@ def _sq_dist(xc: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Ten
 
 def assign(x, centroids, chunk: int = CHUNK, device=None) -> np.ndarray:
     """Index [N] of the nearest centroid of every row of x, read `chunk` rows at a time."""
-    c = torch.as_tensor(np.asarray(centroids, dtype=np.float32), device=device)  # [k, D]
+    c = torch.as_tensor(np.array(centroids, dtype=np.float32), device=device)  # [k, D] (a copy: may be a memmap)
     return _assign(x, c, chunk, device)[0].numpy()
 
 
@@ -155,10 +155,12 @@ def _kmeans_pp(x, k: int, rng: np.random.Generator, chunk: int, device, on: bool
 
 
 def kmeans(x, k: int, iters: int = 50, seed: int = 0, chunk: int = CHUNK, device=None,
-           distributed: bool | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+           distributed: bool | None = None, on_iter: Callable[[], object] | None = None,
+           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """k-means++ then `iters` Lloyd updates of the rows of x [N, D] (numpy array, memmap or tensor, any float
     dtype). Returns (centroids [k, D] float32, assignment [N] int64 of these rows). `distributed`: None means
-    "when torch.distributed is initialised", in which case x is this rank's shard of the rows."""
+    "when torch.distributed is initialised", in which case x is this rank's shard of the rows. `on_iter` is called
+    after each update (a progress bar's tick)."""
     on = _distributed(distributed)
     device = torch.device(device or "cpu")
     rng = np.random.default_rng(seed)
@@ -168,13 +170,15 @@ def kmeans(x, k: int, iters: int = 50, seed: int = 0, chunk: int = CHUNK, device
         total, count = _all_reduce(total, on), _all_reduce(count, on)
         filled = count > 0  # empty clusters keep their centroid
         c[filled] = (total[filled] / count[filled, None]).float()
+        if on_iter is not None:
+            on_iter()
     a, _, _ = _assign(x, c, chunk, device)
     return c.cpu().numpy(), a.numpy()
 
 
 def by_distance(x, rows: np.ndarray, centroid, device=None) -> np.ndarray:
     """`rows` (indices into x) sorted by increasing distance of x[rows] to `centroid` [D] (ties by position)."""
-    c = torch.as_tensor(np.asarray(centroid, dtype=np.float32), device=device)[None]  # [1, D]
+    c = torch.as_tensor(np.array(centroid, dtype=np.float32), device=device)[None]  # [1, D] (a copy: may be a memmap)
     feats = x[np.sort(rows)] if len(rows) else x[:0]  # ascending reads are sequential on a memmap
     feats = torch.from_numpy(np.asarray(feats, dtype=np.float32)).to(c.device)  # [|rows|, D]
     d = _sq_dist(feats, c, (c * c).sum(1))[:, 0]  # [|rows|]
@@ -263,23 +267,30 @@ def _seed(seed: int, level: int, step: int) -> int:
 
 def hierarchical_kmeans(x, levels: list[int], resampling_steps: list[int] | None = None,
                         sample_sizes: list[int] | None = None, iters: int = 50, seed: int = 0, chunk: int = CHUNK,
-                        device=None) -> Tree:  # fmt: skip
+                        device=None, progress: bool = False) -> Tree:  # fmt: skip
     """Cluster x [N, D] into len(levels) levels of k_1 > k_2 > … clusters (see the module docstring).
     `resampling_steps[l]` (default 1: plain k-means) and `sample_sizes[l]` (items closest to each centroid kept for
-    every step after the first) are per level; the released web configuration used 1/10/10/10 and 1/10/5/3."""
+    every step after the first) are per level; the released web configuration used 1/10/10/10 and 1/10/5/3.
+    `progress`: a tqdm bar over the Lloyd updates of all levels."""
     resampling_steps = resampling_steps or [1] * len(levels)
     sample_sizes = sample_sizes or [1] * len(levels)
     if not len(levels) == len(resampling_steps) == len(sample_sizes):
         raise ValueError("levels, resampling_steps and sample_sizes need one entry per level")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=iters * sum(resampling_steps), desc="k-means", unit="update", disable=not progress)
     centroids, assignments, items = [], [], x
     for level, (k, steps, size) in enumerate(zip(levels, resampling_steps, sample_sizes), 1):
-        c, a = kmeans(items, k, iters, _seed(seed, level, 0), chunk, device, distributed=False)
+        bar.set_postfix(level=f"{level}/{len(levels)}", k=k)
+        c, a = kmeans(items, k, iters, _seed(seed, level, 0), chunk, device, distributed=False, on_iter=bar.update)
         for step in range(1, steps):
             picked = np.sort(np.concatenate([m[:size] for m in closest_first(items, c, a, device)]))
             # refit on the items nearest the centroids, then place every item under the new centroids
-            c, _ = kmeans(items[picked], k, iters, _seed(seed, level, step), chunk, device, distributed=False)
+            c, _ = kmeans(items[picked], k, iters, _seed(seed, level, step), chunk, device, distributed=False,
+                          on_iter=bar.update)  # fmt: skip
             a = assign(items, c, chunk, device)
         centroids.append(c)
         assignments.append(a)
         items = c
+    bar.close()
     return Tree(centroids, assignments)
