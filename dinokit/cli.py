@@ -755,9 +755,10 @@ def int_list(text: str) -> list[int]:
 
 
 def _add_curate(sub) -> None:
-    p = sub.add_parser("curate", help="data curation: hierarchical k-means and balanced sampling of embeddings")
-    ops = p.add_subparsers(dest="op", required=True, metavar="<cluster|sample>")
-    emb = "a .npy [N, D] (rows named by <stem>.names.txt beside it, else by index) or a `dinokit extract` folder"
+    p = sub.add_parser("curate", help="data curation: embed, dedup, decontaminate, hierarchical k-means, sampling")
+    ops = p.add_subparsers(dest="op", required=True, metavar="<embed|dedup|decontaminate|cluster|sample>")
+    emb = ("a `curate embed` folder, a .npy [N, D] (rows named by <stem>.names.txt beside it, else by index) or a "
+           "`dinokit extract` folder")
     c = ops.add_parser("cluster", help="hierarchical k-means of embeddings → a tree of clusters (resumable)")
     c.add_argument("embeddings", metavar="EMB", help=emb)
     c.add_argument("--levels", type=int_list, required=True, help="clusters per level, decreasing: 10000,1000,100")
@@ -779,6 +780,39 @@ def _add_curate(sub) -> None:
     s.add_argument("--embeddings", metavar="EMB", default=None, help="the clustered embeddings (for closest)")
     s.add_argument("--output", required=True, help="output folder: keep.txt, summary.json")
     s.set_defaults(func=_curate_sample)
+    d = ops.add_parser("dedup", help="near-duplicate groups of embeddings → keep.txt with one image per group")
+    d.add_argument("embeddings", metavar="EMB", help=emb)
+    _search_options(d)
+    d.add_argument("--output", required=True, help="output folder: keep.txt, groups.json, summary.json")
+    d.set_defaults(func=_curate_dedup)
+    x = ops.add_parser("decontaminate", help="drop pool images near evaluation images → keep.txt, dropped.txt")
+    x.add_argument("embeddings", metavar="EMB", help=emb)
+    x.add_argument("--against", nargs="+", required=True, metavar="EVAL_EMB",
+                   help="embeddings of the evaluation sets (same forms as EMB)")
+    _search_options(x)
+    x.add_argument("--output", required=True, help="output folder: keep.txt, dropped.txt, summary.json")
+    x.set_defaults(func=_curate_decontaminate)
+    e = ops.add_parser("embed", help="images → L2-normalised embeddings (.npy + names) for the other steps (resumable)")
+    e.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or .txt/.csv file lists")
+    e.add_argument("--backbone", required=True, help=BACKBONE_HELP)
+    e.add_argument("--output", required=True, help="output folder: embeddings.npy, embeddings.names.txt, features/")
+    e.add_argument("--size", type=positive_int, default=224, help="shorter side in px (default 224)")
+    _compute_options(e)
+    e.add_argument("--store-dtype", choices=["float16", "float32"], default="float16")
+    e.add_argument("--source", choices=["cls", "patches"], default="cls", help="CLS token or mean patch token")
+    e.add_argument("--workers", type=non_negative_int, default=2, help="image-decoding processes")
+    e.set_defaults(func=_curate_embed)
+
+
+def _search_options(p) -> None:
+    """The near-duplicate search options shared by `curate dedup` and `curate decontaminate`."""
+    p.add_argument("--threshold", type=finite_float, required=True,
+                   help="cosine similarity joining two images (depends on the backbone: measure it)")
+    p.add_argument("--k", type=positive_int, default=64, help="nearest neighbours searched per image (default 64)")
+    p.add_argument("--index", choices=["auto", "exact", "ivf", "hnsw"], default="auto",
+                   help="faiss search: exact, or approximate ivf/hnsw for large pools (auto: exact up to 200k rows)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the ivf training sample")
+    p.add_argument("--subset", default=None, help="keep.txt of names (or row indices) to restrict EMB to")
 
 
 def _curate_cluster(args) -> int:
@@ -802,6 +836,39 @@ def _curate_sample(args) -> int:
     b, a = summary["before"][top], summary["after"][top]
     print(f"wrote {Path(args.output) / 'keep.txt'}: {summary['sampled']} of {summary['pool']} images; top-level "
           f"cluster sizes {b['min']:g}–{b['max']:g} before, {a['min']:g}–{a['max']:g} after")  # fmt: skip
+    return 0
+
+
+def _curate_dedup(args) -> int:
+    from .curate.steps import dedup
+
+    summary = dedup(args.embeddings, args.output, args.threshold, args.k, args.index, args.subset, args.seed)
+    done = "reused the finished result in" if summary["reused"] else "wrote"
+    print(f"{done} {Path(args.output) / 'keep.txt'}: {summary['kept']} of {summary['rows']} images kept; "
+          f"{summary['groups']} groups of near-duplicates, the largest of {summary['largest_group']}")  # fmt: skip
+    return 0
+
+
+def _curate_embed(args) -> int:
+    from .curate.embed import embed
+
+    summary = embed(args.inputs, args.backbone, args.output, size=args.size, dtype=args.dtype, device=args.device,
+                    batch_size=args.batch_size, store_dtype=args.store_dtype, source=args.source,
+                    num_workers=args.workers)  # fmt: skip
+    done = "reused the finished embeddings in" if summary["reused"] else "wrote"
+    print(f"{done} {summary['embeddings']}: {summary['images']} images × {summary['dim']} ({args.source}, "
+          f"{args.store_dtype}); {summary['skipped']} skipped")  # fmt: skip
+    return 0
+
+
+def _curate_decontaminate(args) -> int:
+    from .curate.steps import decontaminate
+
+    summary = decontaminate(args.embeddings, args.against, args.output, args.threshold, args.k, args.index,
+                            args.subset, args.seed)  # fmt: skip
+    done = "reused the finished result in" if summary["reused"] else "wrote"
+    print(f"{done} {Path(args.output) / 'keep.txt'}: {summary['kept']} of {summary['rows']} images kept, "
+          f"{summary['dropped']} near evaluation images dropped")  # fmt: skip
     return 0
 
 

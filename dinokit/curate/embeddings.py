@@ -1,6 +1,7 @@
 """The inputs and outputs of the curation steps: a pool of embeddings with a name per row, and name lists.
 
 A pool (`open_embeddings`) is either
+- a folder written by `dinokit curate embed`: its `embeddings.npy`, read as below; or
 - a `.npy` file `[N, D]` of float16/32/64, opened memory-mapped (nothing is read until a step reads rows); its rows
   are named by the lines of `<stem>.names.txt` beside it (`pool.npy` → `pool.names.txt`, one name per line,
   typically the image path), else by their row index ("0", "1", …); or
@@ -45,6 +46,8 @@ class RowSubset:
     def dtype(self):
         return self.base.dtype
 
+    ndim = 2  # the dedup search checks `ndim` as it would an array's
+
     def __getitem__(self, key):
         return self.base[self.rows[key]]
 
@@ -72,6 +75,8 @@ def open_embeddings(source: str | os.PathLike, subset: str | os.PathLike | None 
     """The pool at `source` (see the module docstring), restricted to the rows `subset` names when given: a name
     list whose lines are all names of the pool, or all row indices; the rows keep the pool's order."""
     path = Path(source)
+    if path.is_dir() and (path / "embeddings.npy").is_file():  # a `curate embed` folder
+        path = path / "embeddings.npy"
     if path.is_dir():
         from ..tools.extract import read_features
 
@@ -91,7 +96,8 @@ def open_embeddings(source: str | os.PathLike, subset: str | os.PathLike | None 
         if len(names) != len(vectors):
             raise UserError(f"{names_file}: {len(names)} names for the {len(vectors)} rows of {path}")
     else:
-        raise UserError(f"{path}: embeddings must be a .npy file [N, D] or a folder written by `dinokit extract`"
+        raise UserError(f"{path}: embeddings must be a .npy file [N, D] or a folder written by `dinokit curate embed` "
+                        f"or `dinokit extract`"
                         f"{'' if path.exists() else ' (no such file or folder)'}")  # fmt: skip
     if len(names) == 0:
         raise UserError(f"{path}: the pool is empty")

@@ -5,6 +5,10 @@
 whose `tree.json` comes last and so marks a finished run). A rerun into a finished folder reuses it when the
 settings and the input (its row names and shape) are the same, and refuses otherwise, so a tree never silently
 mixes two runs. `sample` writes `keep.txt` (the chosen names, in row order) and `summary.json`.
+
+`dedup` writes `keep.txt` (one representative per near-duplicate group), `groups.json` and `summary.json`;
+`decontaminate` writes `keep.txt` (the pool rows kept), `dropped.txt` and `summary.json`. For both, `summary.json`
+comes last and marks a finished run, reused or refused on a rerun the way `cluster`'s tree is.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError, UserError
+from .dedup import INDEXES, groups_json, near_duplicate_groups, representatives
+from .dedup import decontaminate as _decontaminate
 from .embeddings import open_embeddings, read_names, write_keep
 from .kmeans import Tree, hierarchical_kmeans
 from .sampling import balanced_sample
@@ -45,6 +51,24 @@ def _identity(names: list[str], dim: int) -> dict:
     return {"points": len(names), "dim": dim, "names_sha256": digest}
 
 
+def _finished(out: Path, step: str, marker: str, what: str, settings: dict, identity) -> dict | None:
+    """The summary of a finished `step` in `out` (its `marker` file and summary.json exist) made with the same
+    `settings` from the same input, marked "reused"; None when `out` holds no finished run; a UserError when it
+    holds one made otherwise or by another step, so that a rerun never silently mixes two runs' outputs."""
+    if not (out / "summary.json").is_file():
+        return None
+    done = json.loads((out / "summary.json").read_text())
+    if done.get("step", step) != step:
+        raise UserError(f"{out} holds the output of `dinokit curate {done['step']}`; choose another --output")
+    if not (out / marker).is_file():
+        return None  # an interrupted run: start again
+    if done.get("settings") == settings and done.get("input") == identity:
+        return {**done, "reused": True}
+    other = "settings" if done.get("settings") != settings else "input rows"
+    raise UserError(f"{out} already holds {what} made with other {other} ({done.get('settings')} on "
+                    f"{done.get('source')}); choose another --output")  # fmt: skip
+
+
 def cluster(embeddings: str | os.PathLike, output: str | os.PathLike, levels: list[int],
             resampling_steps: list[int] | None = None, sample_sizes: list[int] | None = None, iters: int = 50,
             seed: int = 0, subset: str | os.PathLike | None = None, device=None,
@@ -68,13 +92,9 @@ def cluster(embeddings: str | os.PathLike, output: str | os.PathLike, levels: li
                 "iters": iters, "seed": seed}  # fmt: skip
     identity = _identity(pool.names, pool.dim)
     out = Path(output)
-    if (out / "tree.json").is_file() and (out / "summary.json").is_file():
-        done = json.loads((out / "summary.json").read_text())
-        if done.get("settings") == settings and done.get("input") == identity:
-            return {**done, "reused": True}
-        what = "settings" if done.get("settings") != settings else "input rows"
-        raise UserError(f"{out} already holds a tree made with other {what} ({done.get('settings')} on "
-                        f"{done.get('source')}); choose another --output")  # fmt: skip
+    done = _finished(out, "cluster", "tree.json", "a tree", settings, identity)
+    if done is not None:
+        return done
     out.mkdir(parents=True, exist_ok=True)
     tree = hierarchical_kmeans(pool.vectors, levels, resampling_steps, sample_sizes, iters, seed, device=device,
                                progress=progress)  # fmt: skip
@@ -133,3 +153,94 @@ def sample(tree_dir: str | os.PathLike, output: str | os.PathLike, size: int, st
     write_keep(out / "keep.txt", [names[i] for i in rows])
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _search_settings(threshold: float, k: int, index: str, seed: int) -> dict:
+    """The near-duplicate search settings of `dedup` and `decontaminate`, checked."""
+    if not 0 < threshold <= 1:
+        # ≤ 0 would join nearly every pair of neighbours: certainly a mistake, not a setting
+        raise ConfigError(f"--threshold is a cosine similarity in (0, 1], got {threshold}")
+    if k < 1:
+        raise ConfigError(f"--k must be at least 1, got {k}")
+    if index not in INDEXES:
+        raise ConfigError(f"--index must be one of {', '.join(INDEXES)}, got {index!r}")
+    return {"threshold": float(threshold), "k": int(k), "index": index, "seed": int(seed)}
+
+
+def dedup(embeddings: str | os.PathLike, output: str | os.PathLike, threshold: float, k: int = 64,
+          index: str = "auto", subset: str | os.PathLike | None = None, seed: int = 0) -> dict:  # fmt: skip
+    """Near-duplicate groups of the pool `embeddings` (see `open_embeddings`) at cosine ≥ `threshold` among the `k`
+    nearest neighbours (`near_duplicate_groups`), one representative kept per group: the group's first row in pool
+    order, so the choice is deterministic. Writes `output/keep.txt`, `output/groups.json` ({representative: [every
+    member]}, groups of ≥ 2 only) and `output/summary.json`; returns the summary ("reused": True when a finished run
+    with the same settings and input was found in `output`)."""
+    settings = _search_settings(threshold, k, index, seed)
+    pool = open_embeddings(embeddings, subset)
+    identity = _identity(pool.names, pool.dim)
+    out = Path(output)
+    done = _finished(out, "dedup", "keep.txt", "a dedup result", settings, identity)
+    if done is not None:
+        return done
+    labels = near_duplicate_groups(pool.vectors, threshold, k, index, seed=seed)
+    keep = representatives(labels)
+    sizes = np.bincount(labels)
+    summary = {
+        "step": "dedup",
+        "source": pool.source,
+        "subset": str(Path(subset).resolve()) if subset is not None else None,
+        "settings": settings,
+        "input": identity,
+        "rows": len(pool),
+        "kept": len(keep),
+        "removed": len(pool) - len(keep),
+        "groups": int((sizes >= 2).sum()),  # groups with at least one duplicate
+        "largest_group": int(sizes.max()),
+        "group_sizes": size_summary(sizes[sizes >= 2]),
+    }
+    write_keep(out / "keep.txt", [pool.names[i] for i in keep])
+    groups = groups_json(labels, pool.names, keep)
+    atomic_write_text(out / "groups.json", json.dumps(groups, indent=1) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")  # last: the run is finished
+    return {**summary, "reused": False}
+
+
+def decontaminate(embeddings: str | os.PathLike, against: list[str | os.PathLike], output: str | os.PathLike,
+                  threshold: float, k: int = 64, index: str = "auto", subset: str | os.PathLike | None = None,
+                  seed: int = 0) -> dict:  # fmt: skip
+    """Drop from the pool `embeddings` every row whose near-duplicate group (cosine ≥ `threshold` among `k`
+    neighbours, in the graph of the pool and the evaluation sets) touches a row of one of the evaluation pools
+    `against` (each as `open_embeddings` reads; whole sets, no subset). Writes `output/keep.txt` (the rows kept,
+    in pool order), `output/dropped.txt` and `output/summary.json`; returns the summary (with "reused")."""
+    settings = _search_settings(threshold, k, index, seed)
+    if isinstance(against, str | os.PathLike):
+        against = [against]
+    if not against:
+        raise ConfigError("--against needs at least one evaluation embeddings file or folder")
+    pool = open_embeddings(embeddings, subset)
+    evals = [open_embeddings(a) for a in against]
+    for e in evals:
+        if e.dim != pool.dim:
+            raise UserError(f"{e.source}: {e.dim}-dimensional embeddings, but the pool {pool.source} has {pool.dim}; "
+                            "embed both with the same backbone")  # fmt: skip
+    # the evaluation sets are part of the input: another --against must not reuse this result
+    identity = {**_identity(pool.names, pool.dim), "against": [_identity(e.names, e.dim) for e in evals]}
+    out = Path(output)
+    done = _finished(out, "decontaminate", "keep.txt", "a decontamination result", settings, identity)
+    if done is not None:
+        return done
+    drop = _decontaminate(pool.vectors, [e.vectors for e in evals], threshold, k, index, seed=seed)
+    summary = {
+        "step": "decontaminate",
+        "source": pool.source,
+        "subset": str(Path(subset).resolve()) if subset is not None else None,
+        "against": [{"source": e.source, "rows": len(e)} for e in evals],
+        "settings": settings,
+        "input": identity,
+        "rows": len(pool),
+        "kept": int((~drop).sum()),
+        "dropped": int(drop.sum()),
+    }
+    write_keep(out / "keep.txt", [n for n, d in zip(pool.names, drop) if not d])
+    write_keep(out / "dropped.txt", [n for n, d in zip(pool.names, drop) if d])
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")  # last: the run is finished
+    return {**summary, "reused": False}
