@@ -755,8 +755,9 @@ def int_list(text: str) -> list[int]:
 
 
 def _add_curate(sub) -> None:
-    p = sub.add_parser("curate", help="data curation: embed, dedup, decontaminate, hierarchical k-means, sampling")
-    ops = p.add_subparsers(dest="op", required=True, metavar="<embed|dedup|decontaminate|cluster|sample>")
+    p = sub.add_parser("curate", help="data curation: embed, dedup, decontaminate, retrieve, hierarchical k-means, "
+                                      "sampling")  # fmt: skip
+    ops = p.add_subparsers(dest="op", required=True, metavar="<embed|dedup|decontaminate|retrieve|cluster|sample>")
     emb = ("a `curate embed` folder, a .npy [N, D] (rows named by <stem>.names.txt beside it, else by index) or a "
            "`dinokit extract` folder")
     c = ops.add_parser("cluster", help="hierarchical k-means of embeddings → a tree of clusters (resumable)")
@@ -792,6 +793,28 @@ def _add_curate(sub) -> None:
     _search_options(x)
     x.add_argument("--output", required=True, help="output folder: keep.txt, dropped.txt, summary.json")
     x.set_defaults(func=_curate_decontaminate)
+    r = ops.add_parser("retrieve", help="pool images nearest to seed images (DINOv2's retrieval) → keep.txt")
+    r.add_argument("embeddings", metavar="POOL", help=emb)
+    r.add_argument("--seeds", required=True, metavar="SEED_EMB", help="embeddings of the seed images (same forms)")
+    r.add_argument("--mode", choices=["per-seed", "clusters"], default="per-seed",
+                   help="the k nearest pool images of each seed, or images of k-means clusters holding enough seeds")
+    # mode options default to None so that one given to the other mode is refused, not silently ignored
+    r.add_argument("--k", type=positive_int, default=None,
+                   help="per-seed: pool images per seed (default 4; DINOv2 used 32 for a single seed)")
+    r.add_argument("--threshold", type=finite_float, default=None,
+                   help="per-seed: keep only neighbours with cosine similarity ≥ this (default: no threshold)")
+    r.add_argument("--index", choices=["auto", "exact", "ivf", "hnsw"], default=None,
+                   help="per-seed: faiss search (default auto: exact up to 200k rows, else ivf)")
+    r.add_argument("--clusters", type=positive_int, default=None, help="clusters: k-means clusters of the pool")
+    r.add_argument("--per-cluster", type=positive_int, default=None,
+                   help="clusters: pool images taken from each chosen cluster, nearest its centroid first")
+    r.add_argument("--min-seeds", type=positive_int, default=None,
+                   help="clusters: seeds a cluster must hold to be taken (default 3)")
+    r.add_argument("--iters", type=non_negative_int, default=None, help="clusters: Lloyd iterations (default 50)")
+    r.add_argument("--seed", type=non_negative_int, default=0, help="seed of the ivf sample or of k-means")
+    r.add_argument("--subset", default=None, help="keep.txt of names (or row indices) to restrict POOL to")
+    r.add_argument("--output", required=True, help="output folder: keep.txt, summary.json")
+    r.set_defaults(func=_curate_retrieve)
     e = ops.add_parser("embed", help="images → L2-normalised embeddings (.npy + names) for the other steps (resumable)")
     e.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or .txt/.csv file lists")
     e.add_argument("--backbone", required=True, help=BACKBONE_HELP)
@@ -869,6 +892,19 @@ def _curate_decontaminate(args) -> int:
     done = "reused the finished result in" if summary["reused"] else "wrote"
     print(f"{done} {Path(args.output) / 'keep.txt'}: {summary['kept']} of {summary['rows']} images kept, "
           f"{summary['dropped']} near evaluation images dropped")  # fmt: skip
+    return 0
+
+
+def _curate_retrieve(args) -> int:
+    from .curate.steps import retrieve
+
+    summary = retrieve(args.embeddings, args.seeds, args.output, args.mode, args.k, args.threshold, args.index,
+                       args.clusters, args.per_cluster, args.min_seeds, args.iters, args.subset, args.seed)  # fmt: skip
+    done = "reused the finished result in" if summary["reused"] else "wrote"
+    how = (f"from {summary['clusters']['used']} clusters" if "clusters" in summary
+           else f"{summary['settings']['k']} per seed")  # fmt: skip
+    print(f"{done} {Path(args.output) / 'keep.txt'}: {summary['retrieved']} of {summary['rows']} pool images near "
+          f"{summary['seeds']['rows']} seeds ({how})")  # fmt: skip
     return 0
 
 

@@ -7,8 +7,9 @@ settings and the input (its row names and shape) are the same, and refuses other
 mixes two runs. `sample` writes `keep.txt` (the chosen names, in row order) and `summary.json`.
 
 `dedup` writes `keep.txt` (one representative per near-duplicate group), `groups.json` and `summary.json`;
-`decontaminate` writes `keep.txt` (the pool rows kept), `dropped.txt` and `summary.json`. For both, `summary.json`
-comes last and marks a finished run, reused or refused on a rerun the way `cluster`'s tree is.
+`decontaminate` writes `keep.txt` (the pool rows kept), `dropped.txt` and `summary.json`; `retrieve` writes
+`keep.txt` (the pool rows retrieved near the seeds) and `summary.json`. For these three, `summary.json` comes last
+and marks a finished run, reused or refused on a rerun the way `cluster`'s tree is.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .dedup import INDEXES, groups_json, near_duplicate_groups, representatives
 from .dedup import decontaminate as _decontaminate
 from .embeddings import open_embeddings, read_names, write_keep
 from .kmeans import Tree, hierarchical_kmeans
+from .retrieval import cluster_retrieval, retrieve_per_seed
 from .sampling import balanced_sample
 
 
@@ -242,5 +244,92 @@ def decontaminate(embeddings: str | os.PathLike, against: list[str | os.PathLike
     }
     write_keep(out / "keep.txt", [n for n, d in zip(pool.names, drop) if not d])
     write_keep(out / "dropped.txt", [n for n, d in zip(pool.names, drop) if d])
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")  # last: the run is finished
+    return {**summary, "reused": False}
+
+
+def _retrieve_settings(mode: str, k, threshold, index, clusters, per_cluster, min_seeds, iters, seed) -> dict:
+    """The settings of `retrieve` in `mode`, checked; an option of the other mode is refused rather than ignored."""
+    per_seed = {"--k": k, "--threshold": threshold, "--index": index}
+    by_cluster = {"--clusters": clusters, "--per-cluster": per_cluster, "--min-seeds": min_seeds, "--iters": iters}
+    if mode not in ("per-seed", "clusters"):
+        raise ConfigError(f"--mode must be per-seed or clusters, got {mode!r}")
+    other = by_cluster if mode == "per-seed" else per_seed
+    given = [name for name, value in other.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} belong(s) to the other --mode, not to --mode {mode}")
+    if mode == "per-seed":
+        k = 4 if k is None else k  # DINOv2's k for large seed sets (it used 32 for a single seed image)
+        if k < 1:
+            raise ConfigError(f"--k must be at least 1, got {k}")
+        if threshold is not None and not 0 < threshold <= 1:
+            raise ConfigError(f"--threshold is a cosine similarity in (0, 1], got {threshold}")
+        index = "auto" if index is None else index
+        if index not in INDEXES:
+            raise ConfigError(f"--index must be one of {', '.join(INDEXES)}, got {index!r}")
+        return {"mode": mode, "k": int(k), "threshold": None if threshold is None else float(threshold),
+                "index": index, "seed": int(seed)}  # fmt: skip
+    if clusters is None or per_cluster is None:
+        raise ConfigError("--mode clusters needs --clusters (k-means clusters of the pool) and --per-cluster "
+                          "(pool images taken from each cluster with enough seeds)")  # fmt: skip
+    min_seeds = 3 if min_seeds is None else min_seeds  # DINOv2's rule
+    iters = 50 if iters is None else iters
+    if clusters < 1 or per_cluster < 1 or min_seeds < 1 or iters < 0:
+        raise ConfigError(f"--clusters, --per-cluster and --min-seeds must be at least 1 and --iters at least 0, got "
+                          f"{clusters}, {per_cluster}, {min_seeds}, {iters}")  # fmt: skip
+    return {"mode": mode, "clusters": int(clusters), "per_cluster": int(per_cluster), "min_seeds": int(min_seeds),
+            "iters": int(iters), "seed": int(seed)}  # fmt: skip
+
+
+def retrieve(embeddings: str | os.PathLike, seeds: str | os.PathLike, output: str | os.PathLike,
+             mode: str = "per-seed", k: int | None = None, threshold: float | None = None, index: str | None = None,
+             clusters: int | None = None, per_cluster: int | None = None, min_seeds: int | None = None,
+             iters: int | None = None, subset: str | os.PathLike | None = None, seed: int = 0,
+             device=None) -> dict:  # fmt: skip
+    """The pool images of `embeddings` near the seed images `seeds` (both as `open_embeddings` reads; `subset`
+    restricts the pool only). `mode` "per-seed": the union of the `k` nearest pool rows of each seed (default 4),
+    with cosine ≥ `threshold` when given (`retrieve_per_seed`); "clusters": k-means of the pool into `clusters`,
+    then the `per_cluster` rows nearest the centroid of each cluster holding ≥ `min_seeds` seeds (default 3;
+    `retrieve_by_clusters`). Options of the other mode are refused. Writes `output/keep.txt` (the retrieved names,
+    in pool order) and `output/summary.json`; returns the summary ("reused": True when a finished run with the same
+    settings, pool and seeds was found in `output`)."""
+    settings = _retrieve_settings(mode, k, threshold, index, clusters, per_cluster, min_seeds, iters, seed)
+    pool = open_embeddings(embeddings, subset)
+    seed_set = open_embeddings(seeds)
+    if seed_set.dim != pool.dim:
+        raise UserError(f"{seed_set.source}: {seed_set.dim}-dimensional seed embeddings, but the pool {pool.source} "
+                        f"has {pool.dim}; embed both with the same backbone")  # fmt: skip
+    if mode == "clusters" and len(pool) < settings["clusters"]:
+        raise UserError(f"{pool.source}: {len(pool)} rows cannot make {settings['clusters']} clusters")
+    # the seeds are part of the input: other seeds must not reuse this result
+    identity = {**_identity(pool.names, pool.dim), "seeds": _identity(seed_set.names, seed_set.dim)}
+    out = Path(output)
+    done = _finished(out, "retrieve", "keep.txt", "a retrieval result", settings, identity)
+    if done is not None:
+        return done
+    summary = {
+        "step": "retrieve",
+        "source": pool.source,
+        "subset": str(Path(subset).resolve()) if subset is not None else None,
+        "seeds": {"source": seed_set.source, "rows": len(seed_set)},
+        "settings": settings,
+        "input": identity,
+        "rows": len(pool),
+    }
+    if mode == "per-seed":
+        rows = retrieve_per_seed(pool.vectors, seed_set.vectors, settings["k"], settings["threshold"],
+                                 settings["index"], seed=seed)  # fmt: skip
+    else:
+        r = cluster_retrieval(pool.vectors, seed_set.vectors, settings["clusters"], settings["per_cluster"],
+                              settings["min_seeds"], seed, settings["iters"], device=device)  # fmt: skip
+        rows = r.rows
+        summary["clusters"] = {
+            "used": len(r.used),
+            "sizes": size_summary(r.sizes),  # every cluster of the pool, in rows
+            "taken": [{"cluster": int(c), "seeds": int(r.seed_counts[c]), "size": int(r.sizes[c]), "taken": int(t)}
+                      for c, t in zip(r.used, r.taken)],  # fmt: skip
+        }
+    summary["retrieved"] = len(rows)
+    write_keep(out / "keep.txt", [pool.names[i] for i in rows])
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")  # last: the run is finished
     return {**summary, "reused": False}
