@@ -53,6 +53,12 @@ def _identity(names: list[str], dim: int) -> dict:
     return {"points": len(names), "dim": dim, "names_sha256": digest}
 
 
+def _header(step: str, pool, subset, settings: dict, identity: dict) -> dict:
+    """What every step's summary.json starts with: the step, its input and its settings."""
+    return {"step": step, "source": pool.source, "subset": str(Path(subset).resolve()) if subset is not None else None,
+            "settings": settings, "input": identity}  # fmt: skip
+
+
 def _finished(out: Path, step: str, marker: str, what: str, settings: dict, identity) -> dict | None:
     """The summary of a finished `step` in `out` (its `marker` file and summary.json exist) made with the same
     `settings` from the same input, marked "reused"; None when `out` holds no finished run; a UserError when it
@@ -101,11 +107,7 @@ def cluster(embeddings: str | os.PathLike, output: str | os.PathLike, levels: li
     tree = hierarchical_kmeans(pool.vectors, levels, resampling_steps, sample_sizes, iters, seed, device=device,
                                progress=progress)  # fmt: skip
     summary = {
-        "step": "cluster",
-        "source": pool.source,
-        "subset": str(Path(subset).resolve()) if subset is not None else None,
-        "settings": settings,
-        "input": identity,
+        **_header("cluster", pool, subset, settings, identity),
         "levels": {str(lv): size_summary(tree.flat_sizes(lv)) for lv in range(1, tree.n_levels + 1)},
     }
     write_keep(out / "names.txt", pool.names)
@@ -187,11 +189,7 @@ def dedup(embeddings: str | os.PathLike, output: str | os.PathLike, threshold: f
     keep = representatives(labels)
     sizes = np.bincount(labels)
     summary = {
-        "step": "dedup",
-        "source": pool.source,
-        "subset": str(Path(subset).resolve()) if subset is not None else None,
-        "settings": settings,
-        "input": identity,
+        **_header("dedup", pool, subset, settings, identity),
         "rows": len(pool),
         "kept": len(keep),
         "removed": len(pool) - len(keep),
@@ -232,12 +230,8 @@ def decontaminate(embeddings: str | os.PathLike, against: list[str | os.PathLike
         return done
     drop = _decontaminate(pool.vectors, [e.vectors for e in evals], threshold, k, index, seed=seed)
     summary = {
-        "step": "decontaminate",
-        "source": pool.source,
-        "subset": str(Path(subset).resolve()) if subset is not None else None,
+        **_header("decontaminate", pool, subset, settings, identity),
         "against": [{"source": e.source, "rows": len(e)} for e in evals],
-        "settings": settings,
-        "input": identity,
         "rows": len(pool),
         "kept": int((~drop).sum()),
         "dropped": int(drop.sum()),
@@ -308,12 +302,8 @@ def retrieve(embeddings: str | os.PathLike, seeds: str | os.PathLike, output: st
     if done is not None:
         return done
     summary = {
-        "step": "retrieve",
-        "source": pool.source,
-        "subset": str(Path(subset).resolve()) if subset is not None else None,
+        **_header("retrieve", pool, subset, settings, identity),
         "seeds": {"source": seed_set.source, "rows": len(seed_set)},
-        "settings": settings,
-        "input": identity,
         "rows": len(pool),
     }
     if mode == "per-seed":
