@@ -767,6 +767,9 @@ def _add_curate(sub) -> None:
     c.add_argument("--sample-sizes", type=int_list, default=None,
                    help="per level: points nearest each centroid refitted in resampling steps (default 1 each)")
     c.add_argument("--iters", type=non_negative_int, default=50, help="Lloyd iterations per k-means (default 50)")
+    c.add_argument("--init", choices=["auto", "k-means++", "k-means-parallel"], default="auto",
+                   help="seeding: k-means++ (as released, two passes over the pool per centre), k-means-parallel "
+                        "(k-means||, about eight passes in all) or auto (k-means|| beyond 32 rows per cluster)")
     c.add_argument("--seed", type=non_negative_int, default=0)
     c.add_argument("--subset", default=None, help="keep.txt of names (or row indices) to restrict EMB to")
     c.add_argument("--device", type=device_name, default=None, help="cpu, cuda, cuda:1 … (default cpu)")
@@ -834,15 +837,28 @@ def _search_options(p) -> None:
     p.add_argument("--k", type=positive_int, default=64, help="nearest neighbours searched per image (default 64)")
     p.add_argument("--index", choices=["auto", "exact", "ivf", "hnsw"], default="auto",
                    help="faiss search: exact, or approximate ivf/hnsw for large pools (auto: exact up to 200k rows)")
+    p.add_argument("--codes", choices=["fp16", "sq8"], default="fp16",
+                   help="ivf/hnsw storage: fp16 (2 bytes a dimension) or sq8 (1 byte; similarities off by up to 0.01)")
+    p.add_argument("--scratch-dir", default=None,
+                   help="ivf: keep the index's lists on disk in a temporary folder under this one (memory not bounded "
+                        "by the pool)")  # fmt: skip
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the ivf training sample")
     p.add_argument("--subset", default=None, help="keep.txt of names (or row indices) to restrict EMB to")
 
 
 def _curate_cluster(args) -> int:
     from .curate.steps import cluster
+    from .train.distributed import init_distributed, shutdown
 
-    summary = cluster(args.embeddings, args.output, args.levels, args.resampling_steps, args.sample_sizes,
-                      args.iters, args.seed, args.subset, args.device)  # fmt: skip
+    info = init_distributed()  # under torchrun: one share of the rows per rank (nothing without it)
+    device = args.device or (info.device if info.world_size > 1 else None)
+    try:
+        summary = cluster(args.embeddings, args.output, args.levels, args.resampling_steps, args.sample_sizes,
+                          args.iters, args.seed, args.subset, device, info.is_main, args.init)  # fmt: skip
+    finally:
+        shutdown()
+    if not info.is_main:
+        return 0
     done = "reused the finished tree in" if summary["reused"] else "wrote"
     print(f"{done} {args.output}: {summary['input']['points']} points")
     for level, stats in summary["levels"].items():
@@ -865,7 +881,8 @@ def _curate_sample(args) -> int:
 def _curate_dedup(args) -> int:
     from .curate.steps import dedup
 
-    summary = dedup(args.embeddings, args.output, args.threshold, args.k, args.index, args.subset, args.seed)
+    summary = dedup(args.embeddings, args.output, args.threshold, args.k, args.index, args.subset, args.seed,
+                    args.codes, args.scratch_dir)  # fmt: skip
     done = "reused the finished result in" if summary["reused"] else "wrote"
     print(f"{done} {Path(args.output) / 'keep.txt'}: {summary['kept']} of {summary['rows']} images kept; "
           f"{summary['groups']} groups of near-duplicates, the largest of {summary['largest_group']}")  # fmt: skip
@@ -888,7 +905,7 @@ def _curate_decontaminate(args) -> int:
     from .curate.steps import decontaminate
 
     summary = decontaminate(args.embeddings, args.against, args.output, args.threshold, args.k, args.index,
-                            args.subset, args.seed)  # fmt: skip
+                            args.subset, args.seed, args.codes, args.scratch_dir)  # fmt: skip
     done = "reused the finished result in" if summary["reused"] else "wrote"
     print(f"{done} {Path(args.output) / 'keep.txt'}: {summary['kept']} of {summary['rows']} images kept, "
           f"{summary['dropped']} near evaluation images dropped")  # fmt: skip

@@ -10,11 +10,34 @@ number and has to be measured on planted duplicates of the user's own data, not 
 Deviations from the paper (DINOv2 released no code for this step), and why:
 - An edge needs similarity ≥ threshold (the paper writes >); the difference is measure zero on real embeddings.
 - Rows are L2-normalised here, `batch` at a time, so the caller may pass raw or normalised float16/float32 arrays
-  or memmaps; the pool is never cast to float64 nor converted whole. What bounds memory is the faiss index:
-  exact search (`IndexFlatIP`) holds a float32 copy of the pool, so it is the default only up to `EXACT_MAX` rows;
-  beyond, `ivf` (IVF with float16 scalar-quantised storage, trained on a seeded sample) or `hnsw` (HNSW over float16
-  storage) halve that, at the price of approximate neighbours and similarities rounded to ≈ 1e-3. The paper used
-  IVF-PQ on GPUs, whose coarser codes make the similarity near the threshold less trustworthy.
+  or memmaps; the pool is never cast to float64 nor converted whole. Exact search (`IndexFlatIP`) holds a float32
+  copy of the pool, so it is the default only up to `EXACT_MAX` rows; beyond, `ivf` (IVF over scalar-quantised
+  codes) or `hnsw` (HNSW32 over the same codes) hold 2 bytes a dimension (`codes="fp16"`, similarities rounded to
+  ≈ 1e-3) or 1 (`codes="sq8"`: per-dimension 8-bit ranges fitted on a sample; similarities off by up to ≈ 1e-2,
+  so a pair that close to the threshold may land on either side), at the price of approximate neighbours. The
+  paper used IVF-PQ on GPUs, whose coarser codes make the similarity near the threshold less trustworthy still.
+- IVF sizing, chosen to keep the cost about linear in N: nlist = N / `ROWS_PER_LIST` (64 rows a list; at most
+  `NLIST_MAX`), so a query scans about nprobe × 64 rows at any N (the former ≈ 4√N lists made that grow as √N
+  and the whole run as N^1.5). The coarse quantizer is a flat scan up to `HNSW_QUANTIZER_MIN` lists (16,384,
+  where it costs about what the list scan does) and an HNSW32 graph over the centroids beyond, whose search grows
+  as log(nlist). Its centroids are trained on a seeded sample of `TRAIN_PER_LIST` = 40 rows a list (≈ 0.6 N
+  rows): one spherical k-means (10 iterations, as faiss trains an IVF) up to `TWO_LEVEL_MIN` = 1024 lists, whose
+  cost, sample × nlist ∝ nlist², is then bounded; above, two levels: ⌊√nlist⌋ top centroids from a subsample of
+  256 rows each, then each top cell's share of the lists from its own sample rows, a cost ∝ N^1.5 with a small
+  constant (sample × 2√nlist per iteration instead of sample × nlist). What stays superlinear: that training,
+  per row ≈ 10 iterations × 0.625 sample rows × √nlist ≈ 6√nlist dot products at BLAS speed, against the
+  search's ≈ nprobe × 64 = 2,048 code decodes per row at roughly a tenth of that speed (≈ 2·10⁴ dot-product
+  equivalents): an estimate, not measured, by which training stays below the search up to `NLIST_MAX` (≈ 60 % of
+  it there, at 268 M rows) and is a few % of it at 1 M rows; the HNSW quantizer's log(nlist); and, past 268 M rows,
+  the list scan, which grows again as N / NLIST_MAX. Approximate top-level cells cost some k-means quality
+  (lists less balanced), not correctness: a pair is still found if both rows fall in one of the nprobe lists.
+- Memory: the in-memory IVF index holds code_size + 8 bytes a row (2·D + 8 for fp16). With `scratch_dir`, the
+  inverted lists are written (`batch` rows at a time) to faiss `OnDiskInvertedLists` in a fresh subfolder of it
+  and memory-mapped while searching, so what stays resident is the batch, the quantizer (nlist × (4·D + 256)
+  bytes, ≈ D / 16 bytes a row), the training sample's row numbers (≈ 5 bytes a row), one training cell or the
+  ≤ 41k-row one-level sample, and the [N] union-find (≈ 24 bytes a row), plus page cache the kernel may reclaim.
+  The subfolder is a work product: removed when the run ends, and never reused, so an interrupted run's leftover
+  (`dedup-*`, safe to delete) is never trusted by a rerun. Results equal those of the in-memory index.
 - Connected components come from a union-find run on each batch of edges as it is found, so the edge list is never
   held whole; component ids are numbered by their smallest row index, which makes the labels deterministic.
 - `decontaminate` searches pool → pool, evaluation → pool and pool → evaluation (k neighbours in each set)
@@ -25,8 +48,14 @@ Deviations from the paper (DINOv2 released no code for this step), and why:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +64,12 @@ from ..errors import ConfigError, require
 EXACT_MAX = 200_000  # `index="auto"` searches exactly up to this many rows (a float32 copy: 1.5 GB at D = 1024)
 BATCH = 16384  # rows normalised, added or queried at once: bounds the [batch, D] copy and the [batch, k] results
 INDEXES = ("auto", "exact", "ivf", "hnsw")
+CODES = ("fp16", "sq8")  # storage of the ivf / hnsw codes: 2 or 1 byte per dimension
+ROWS_PER_LIST = 64  # ivf: rows per inverted list (nlist = N / 64), so a query scans ≈ nprobe × 64 rows at any N
+NLIST_MAX = 1 << 22  # ivf: lists at most (4M: 268M rows at 64 a list); beyond, rows per list grow again
+TRAIN_PER_LIST = 40  # ivf: training rows per list (faiss warns below 39)
+TWO_LEVEL_MIN = 1024  # ivf: above this many lists the coarse k-means is trained in two levels (cost ∝ √nlist)
+HNSW_QUANTIZER_MIN = 16384  # ivf: from this many lists the coarse quantizer is an HNSW graph, not a flat scan
 
 
 def _faiss():
@@ -59,33 +94,140 @@ def _blocks(vectors, batch: int) -> Iterator[tuple[int, np.ndarray]]:
         yield s, _normalised(vectors[s : s + batch])
 
 
-def _build_index(vectors, index: str, k: int, batch: int, seed: int, nprobe: int):
-    """A faiss inner-product index over the normalised rows of `vectors`, added `batch` rows at a time."""
+def _gather(vectors, rows: np.ndarray, batch: int) -> np.ndarray:
+    """The normalised rows `rows` (sorted, so a memmap is read front to back) of `vectors` as float32 [len(rows), D]."""
+    parts = [_normalised(vectors[r]) for r in np.array_split(rows, max(1, -(-len(rows) // batch)))]
+    return np.concatenate(parts)  # [len(rows), D]
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Spherical k-means centroids [k, D] of the unit rows `x` [n, D] (n ≥ k), as faiss trains an IVF quantizer."""
+    faiss = _faiss()
+    if k == 1:
+        c = x.mean(axis=0, keepdims=True)  # [1, D]: the spherical centroid of one cell is the normalised mean
+        return c / max(float(np.linalg.norm(c)), 1e-12)
+    # min_points_per_centroid=1: the cells of the two-level training may hold a few less than faiss's 39 per centroid
+    km = faiss.Kmeans(x.shape[1], k, niter=10, spherical=True, seed=seed, min_points_per_centroid=1)
+    km.train(x)
+    return km.centroids  # [k, D]
+
+
+def ivf_nlist(n: int) -> int:
+    """The number of IVF lists for `n` rows: about `ROWS_PER_LIST` rows per list, so a query that scans `nprobe` lists
+    reads about nprobe × ROWS_PER_LIST rows whatever N is (the old rule, 4√N lists, made that grow as √N)."""
+    return max(1, min(n // ROWS_PER_LIST, NLIST_MAX))
+
+
+def _coarse_centroids(vectors, nlist: int, batch: int, seed: int) -> np.ndarray:
+    """The IVF coarse centroids [nlist, D], trained on a seeded sample of `TRAIN_PER_LIST` rows per list.
+
+    Up to `TWO_LEVEL_MIN` lists: one spherical k-means (cost ∝ sample × nlist, i.e. nlist²). Above: two levels, as
+    the sample would make one k-means quadratic in N: ⌊√nlist⌋ top centroids from a subsample, then every top cell's
+    share of the nlist centroids from that cell's own sample rows (cost ∝ sample × √nlist). Only the sample's row
+    numbers are held whole; each cell's rows are read from `vectors` when it is clustered."""
+    n = vectors.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(n, TRAIN_PER_LIST * nlist), replace=False))  # [S] sample row numbers
+    if nlist <= TWO_LEVEL_MIN:
+        return _kmeans(_gather(vectors, rows, batch), nlist, seed)
+    faiss = _faiss()
+    k1 = math.isqrt(nlist)
+    sub = np.sort(rng.choice(rows, size=min(len(rows), 256 * k1), replace=False))  # faiss's cap: 256 per centroid
+    top = faiss.IndexFlatIP(vectors.shape[1])
+    top.add(_kmeans(_gather(vectors, sub, batch), k1, seed))
+    parts = np.array_split(rows, max(1, -(-len(rows) // batch)))
+    cell = np.concatenate([top.search(_gather(vectors, r, batch), 1)[1][:, 0] for r in parts])  # [S] top cell
+    count = np.bincount(cell, minlength=k1)  # [k1]
+    # the nlist centroids shared out in proportion to the cells' sample counts (largest remainders), ≤ one per row
+    share = nlist * count / len(rows)  # [k1]
+    k = np.floor(share).astype(np.int64)
+    k[np.argsort(k - share, kind="stable")[: nlist - k.sum()]] += 1
+    k = np.minimum(k, count)
+    cents = [_kmeans(_gather(vectors, rows[cell == c], batch), int(k[c]), seed + 1 + int(c)) for c in np.flatnonzero(k)]
+    return np.concatenate(cents).astype(np.float32)  # [≤ nlist, D]: fewer only if a cell had fewer rows than lists
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """faiss's OnDiskInvertedLists prints 'resizing …' on the C stdout; keep it off ours (a CLI may print JSON)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _build_index(vectors, index: str, k: int, batch: int, seed: int, nprobe: int, codes: str = "fp16",
+                 scratch_dir=None):  # fmt: skip
+    """A faiss inner-product index over the normalised rows of `vectors`, added `batch` rows at a time; with
+    `scratch_dir` (ivf only), its inverted lists are written to a fresh folder under it, which the caller removes
+    (`_scratch`)."""
     faiss = _faiss()
     n, d = vectors.shape
     if index not in INDEXES:
         raise ConfigError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
+    if codes not in CODES:
+        raise ConfigError(f"codes must be one of {', '.join(CODES)}, got {codes!r}")
     if index == "auto":
-        index = "exact" if n <= EXACT_MAX else "ivf"
+        # a scratch folder asks for memory not bounded by the pool: only the ivf index gives that
+        index = "exact" if n <= EXACT_MAX and scratch_dir is None else "ivf"
+    if scratch_dir is not None and index != "ivf":
+        raise ConfigError(f"an on-disk index (scratch_dir) needs index='ivf' or 'auto', got {index!r}")
     ip = faiss.METRIC_INNER_PRODUCT
     if index == "exact":
         ix = faiss.IndexFlatIP(d)
     elif index == "hnsw":
-        ix = faiss.index_factory(d, "HNSW32,SQfp16", ip)
+        ix = faiss.index_factory(d, "HNSW32,SQfp16" if codes == "fp16" else "HNSW32,SQ8", ip)
         ix.hnsw.efConstruction = 80
         ix.hnsw.efSearch = max(128, 2 * k)  # the search beam must be wider than the k results it returns
+        if codes == "sq8":
+            ix.train(_gather(vectors, np.sort(np.random.default_rng(seed).choice(n, min(n, 65536), False)), batch))
     else:
-        # ≈ 4√N lists (capped: the quantizer is searched exactly) with the ≥ 39 training points per list faiss wants
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39, 65536))
-        ix = faiss.index_factory(d, f"IVF{nlist},SQfp16", ip)
-        # train on a seeded sample of 40 rows per list (sorted, so a memmap is read front to back)
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 40 * nlist), replace=False))
-        sample = np.concatenate([_normalised(vectors[r]) for r in np.array_split(rows, -(-len(rows) // batch))])
-        ix.train(sample)
+        cents = _coarse_centroids(vectors, ivf_nlist(n), batch, seed)  # [nlist, D]
+        nlist = len(cents)
+        if nlist >= HNSW_QUANTIZER_MIN:
+            # an HNSW graph over the centroids: a query finds its nprobe lists in ~log(nlist) steps, not nlist
+            quantizer = faiss.IndexHNSWFlat(d, 32, ip)
+            quantizer.hnsw.efConstruction = 40
+            quantizer.hnsw.efSearch = max(64, 2 * nprobe)  # wider than the nprobe lists it returns
+        else:
+            quantizer = faiss.IndexFlatIP(d)  # exact, and cheaper than a graph walk at this size
+        quantizer.add(cents)
+        qt = faiss.ScalarQuantizer.QT_fp16 if codes == "fp16" else faiss.ScalarQuantizer.QT_8bit
+        ix = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qt, ip)
+        ix.referenced_objects = [quantizer]  # the index does not own it: keep it alive as long as the index
+        # quantizer already holds nlist centroids, so train() only fits the SQ8 ranges (SQfp16 has none to fit)
+        ix.train(_gather(vectors, np.sort(np.random.default_rng(seed).choice(n, min(n, 65536), False)), batch))
         ix.nprobe = min(nprobe, nlist)
-    for _, x in _blocks(vectors, batch):
-        ix.add(x)
+        if scratch_dir is not None:
+            lists = faiss.OnDiskInvertedLists(nlist, ix.code_size, str(Path(scratch_dir) / "lists.ivfdata"))
+            with _stdout_to_stderr():
+                lists.update_totsize(max(1 << 20, 2 * n * (ix.code_size + 8)))  # one resize, not log₂ N
+            ix.replace_invlists(lists, False)
+            ix.referenced_objects.append(lists)
+    with _stdout_to_stderr() if scratch_dir is not None else contextlib.nullcontext():
+        for _, x in _blocks(vectors, batch):
+            ix.add(x)
     return ix
+
+
+@contextlib.contextmanager
+def _scratch(scratch_dir):
+    """A fresh folder under `scratch_dir` (None: no folder) for one index's files, removed when the block ends.
+    Each run makes its own, so a rerun never opens what an interrupted one left; such leftovers (`dedup-*`) can be
+    deleted."""
+    if scratch_dir is None:
+        yield None
+        return
+    Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="dedup-", dir=scratch_dir)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _edges(ix, queries, k: int, threshold: float, batch: int, self_search: bool):
@@ -132,23 +274,30 @@ def _roots(parent: np.ndarray) -> np.ndarray:
 
 
 def near_duplicate_groups(vectors, threshold: float, k: int = 64, index: str = "auto", batch: int = BATCH,
-                          seed: int = 0, nprobe: int = 32) -> np.ndarray:  # fmt: skip
+                          seed: int = 0, nprobe: int = 32, codes: str = "fp16",
+                          scratch_dir=None) -> np.ndarray:  # fmt: skip
     """Component id [N] of every row of `vectors` [N, D] in the graph joining each row to those of its `k` nearest
     neighbours with cosine similarity ≥ `threshold`; ids are 0, 1, … numbered by each component's smallest row.
 
     `vectors`: numpy array or float16/float32 memmap, normalised or not (rows are normalised `batch` at a time).
     `index`: "exact" (faiss IndexFlatIP), "ivf" (IVF, SQfp16 storage, `nprobe` lists searched, trained on a sample
     drawn with `seed`), "hnsw" (HNSW32, SQfp16 storage) or "auto" (exact up to `EXACT_MAX` rows, else ivf).
-    `threshold` depends on the embedding (DINOv2 used 0.6 with SSCD copy-detection embeddings): measure it on
-    planted duplicates rather than reusing that number.
+    `codes`: "fp16" (2 bytes a dimension, similarities within ≈ 1e-3) or "sq8" (1 byte, per-dimension ranges fitted
+    on a sample: similarities off by up to ≈ 1e-2, so pairs that close to `threshold` may fall either side).
+    `scratch_dir` (ivf; "auto" then means ivf): a folder where the inverted lists are written, in a fresh
+    subfolder removed at the end, and memory-mapped while searching, so resident memory is the batch, the
+    quantizer and the [N] union-find rather than the index. `threshold` depends on the embedding (DINOv2 used 0.6
+    with SSCD copy-detection embeddings): measure it on planted duplicates rather than reusing that number.
     """
     _check(vectors, "vectors")
     if k < 1:
         raise ConfigError(f"k must be ≥ 1, got {k}")
-    ix = _build_index(vectors, index, k, batch, seed, nprobe)
     parent = np.arange(vectors.shape[0], dtype=np.int64)  # [N] union-find forest
-    for a, b in _edges(ix, vectors, k, threshold, batch, self_search=True):
-        _union(parent, a, b)
+    with _scratch(scratch_dir) as folder:
+        ix = _build_index(vectors, index, k, batch, seed, nprobe, codes, folder)
+        for a, b in _edges(ix, vectors, k, threshold, batch, self_search=True):
+            _union(parent, a, b)
+        del ix  # unmaps the lists before their folder goes
     return np.unique(_roots(parent), return_inverse=True)[1].astype(np.int64)  # roots are sorted: smallest-row order
 
 
@@ -184,7 +333,8 @@ def groups_json(labels, names: Sequence[str] | None = None, keep=None) -> dict[s
 
 
 def decontaminate(pool_vectors, eval_vectors, threshold: float, k: int = 64, index: str = "auto",
-                  batch: int = BATCH, seed: int = 0, nprobe: int = 32) -> np.ndarray:  # fmt: skip
+                  batch: int = BATCH, seed: int = 0, nprobe: int = 32, codes: str = "fp16",
+                  scratch_dir=None) -> np.ndarray:  # fmt: skip
     """Mask [N_pool] of the pool rows to drop: those whose component, in the graph of pool ∪ evaluation rows joined
     at cosine ≥ `threshold` among k nearest neighbours, contains an evaluation row (DINOv2 used 0.45 with SSCD
     embeddings; measure the threshold for yours). `eval_vectors`: one [N_eval, D] array or a sequence of them
@@ -201,11 +351,13 @@ def decontaminate(pool_vectors, eval_vectors, threshold: float, k: int = 64, ind
         raise ConfigError(f"eval vectors have {ev.shape[1]} dimensions, the pool {pool_vectors.shape[1]}")
     n = pool_vectors.shape[0]
     parent = np.arange(n + len(ev), dtype=np.int64)  # [N_pool + N_eval]: evaluation rows follow the pool's
-    pool_ix = _build_index(pool_vectors, index, k, batch, seed, nprobe)
-    for a, b in _edges(pool_ix, pool_vectors, k, threshold, batch, self_search=True):
-        _union(parent, a, b)
-    for a, b in _edges(pool_ix, ev, k, threshold, batch, self_search=False):  # evaluation → pool
-        _union(parent, a + n, b)
+    with _scratch(scratch_dir) as folder:
+        pool_ix = _build_index(pool_vectors, index, k, batch, seed, nprobe, codes, folder)
+        for a, b in _edges(pool_ix, pool_vectors, k, threshold, batch, self_search=True):
+            _union(parent, a, b)
+        for a, b in _edges(pool_ix, ev, k, threshold, batch, self_search=False):  # evaluation → pool
+            _union(parent, a + n, b)
+        del pool_ix  # unmaps the lists before their folder goes
     eval_ix = _build_index(ev, "exact", k, batch, seed, nprobe)
     for a, b in _edges(eval_ix, pool_vectors, k, threshold, batch, self_search=False):  # pool → evaluation
         _union(parent, a, b + n)

@@ -23,10 +23,10 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError, UserError
-from .dedup import INDEXES, groups_json, near_duplicate_groups, representatives
+from .dedup import CODES, INDEXES, groups_json, near_duplicate_groups, representatives
 from .dedup import decontaminate as _decontaminate
-from .embeddings import open_embeddings, read_names, write_keep
-from .kmeans import Tree, hierarchical_kmeans
+from .embeddings import RowSubset, open_embeddings, read_names, write_keep
+from .kmeans import INITS, Tree, hierarchical_kmeans
 from .retrieval import cluster_retrieval, retrieve_per_seed
 from .sampling import balanced_sample
 
@@ -77,12 +77,27 @@ def _finished(out: Path, step: str, marker: str, what: str, settings: dict, iden
                     f"{done.get('source')}); choose another --output")  # fmt: skip
 
 
+def _rank_share(vectors):
+    """This rank's contiguous share of the rows under torchrun (all of them otherwise), and whether it is rank 0."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return vectors, True
+    rank, world, n = dist.get_rank(), dist.get_world_size(), len(vectors)
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    share = RowSubset(vectors.base, vectors.rows[lo:hi]) if isinstance(vectors, RowSubset) else vectors[lo:hi]
+    return share, rank == 0
+
+
 def cluster(embeddings: str | os.PathLike, output: str | os.PathLike, levels: list[int],
             resampling_steps: list[int] | None = None, sample_sizes: list[int] | None = None, iters: int = 50,
-            seed: int = 0, subset: str | os.PathLike | None = None, device=None,
-            progress: bool = True) -> dict:  # fmt: skip
+            seed: int = 0, subset: str | os.PathLike | None = None, device=None, progress: bool = True,
+            init: str = "auto") -> dict:  # fmt: skip
     """Hierarchical k-means of the pool `embeddings` (see `open_embeddings`) into `output`; returns the summary
-    (with "reused": True when a finished run with the same settings and input was found there)."""
+    (with "reused": True when a finished run with the same settings and input was found there). Each finished
+    level is saved as it ends, so a rerun after an interruption starts at the level that was in progress.
+    Under `torchrun` every rank clusters its share of the rows (level 1 all-reduces its sums, `kmeans`) and rank 0
+    writes the folder, which every rank must be able to read."""
     levels = list(levels)
     resampling_steps = list(resampling_steps or [1] * len(levels))
     sample_sizes = list(sample_sizes or [1] * len(levels))
@@ -93,26 +108,35 @@ def cluster(embeddings: str | os.PathLike, output: str | os.PathLike, levels: li
             raise ConfigError(f"{name} needs one positive integer per level ({len(levels)}), got {values}")
     if iters < 0:
         raise ConfigError(f"--iters must be at least 0, got {iters}")
+    if init not in INITS:
+        raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
     pool = open_embeddings(embeddings, subset)
     if len(pool) < levels[0]:
         raise UserError(f"{pool.source}: {len(pool)} rows cannot make {levels[0]} clusters (the first level)")
     settings = {"levels": levels, "resampling_steps": resampling_steps, "sample_sizes": sample_sizes,
-                "iters": iters, "seed": seed}  # fmt: skip
+                "iters": iters, "seed": seed, "init": init}  # fmt: skip
     identity = _identity(pool.names, pool.dim)
     out = Path(output)
     done = _finished(out, "cluster", "tree.json", "a tree", settings, identity)
     if done is not None:
         return done
-    out.mkdir(parents=True, exist_ok=True)
-    tree = hierarchical_kmeans(pool.vectors, levels, resampling_steps, sample_sizes, iters, seed, device=device,
-                               progress=progress)  # fmt: skip
+    share, writer = _rank_share(pool.vectors)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    # each finished level is kept in `out` under a marker naming these settings and this input
+    tree = hierarchical_kmeans(share, levels, resampling_steps, sample_sizes, iters, seed, device=device,
+                               progress=progress, init=init, resume=out,
+                               fingerprint={"settings": settings, "input": identity})  # fmt: skip
     summary = {
         **_header("cluster", pool, subset, settings, identity),
         "levels": {str(lv): size_summary(tree.flat_sizes(lv)) for lv in range(1, tree.n_levels + 1)},
     }
-    write_keep(out / "names.txt", pool.names)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    tree.save(out)  # tree.json last: the run is finished
+    if writer:
+        write_keep(out / "names.txt", pool.names)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+        tree.save(out)  # tree.json last: the run is finished
+        for marker in out.glob("level*.json"):  # the finished tree supersedes the per-level markers
+            marker.unlink()
     return {**summary, "reused": False}
 
 
@@ -159,7 +183,7 @@ def sample(tree_dir: str | os.PathLike, output: str | os.PathLike, size: int, st
     return summary
 
 
-def _search_settings(threshold: float, k: int, index: str, seed: int) -> dict:
+def _search_settings(threshold: float, k: int, index: str, seed: int, codes: str) -> dict:
     """The near-duplicate search settings of `dedup` and `decontaminate`, checked."""
     if not 0 < threshold <= 1:
         # ≤ 0 would join nearly every pair of neighbours: certainly a mistake, not a setting
@@ -168,24 +192,29 @@ def _search_settings(threshold: float, k: int, index: str, seed: int) -> dict:
         raise ConfigError(f"--k must be at least 1, got {k}")
     if index not in INDEXES:
         raise ConfigError(f"--index must be one of {', '.join(INDEXES)}, got {index!r}")
-    return {"threshold": float(threshold), "k": int(k), "index": index, "seed": int(seed)}
+    if codes not in CODES:
+        raise ConfigError(f"--codes must be one of {', '.join(CODES)}, got {codes!r}")
+    # scratch_dir is left out: where the index lives changes no result
+    return {"threshold": float(threshold), "k": int(k), "index": index, "seed": int(seed), "codes": codes}
 
 
 def dedup(embeddings: str | os.PathLike, output: str | os.PathLike, threshold: float, k: int = 64,
-          index: str = "auto", subset: str | os.PathLike | None = None, seed: int = 0) -> dict:  # fmt: skip
+          index: str = "auto", subset: str | os.PathLike | None = None, seed: int = 0, codes: str = "fp16",
+          scratch_dir: str | os.PathLike | None = None) -> dict:  # fmt: skip
     """Near-duplicate groups of the pool `embeddings` (see `open_embeddings`) at cosine ≥ `threshold` among the `k`
     nearest neighbours (`near_duplicate_groups`), one representative kept per group: the group's first row in pool
     order, so the choice is deterministic. Writes `output/keep.txt`, `output/groups.json` ({representative: [every
     member]}, groups of ≥ 2 only) and `output/summary.json`; returns the summary ("reused": True when a finished run
-    with the same settings and input was found in `output`)."""
-    settings = _search_settings(threshold, k, index, seed)
+    with the same settings and input was found in `output`). `codes` and `scratch_dir`: see
+    `near_duplicate_groups`."""
+    settings = _search_settings(threshold, k, index, seed, codes)
     pool = open_embeddings(embeddings, subset)
     identity = _identity(pool.names, pool.dim)
     out = Path(output)
     done = _finished(out, "dedup", "keep.txt", "a dedup result", settings, identity)
     if done is not None:
         return done
-    labels = near_duplicate_groups(pool.vectors, threshold, k, index, seed=seed)
+    labels = near_duplicate_groups(pool.vectors, threshold, k, index, seed=seed, codes=codes, scratch_dir=scratch_dir)
     keep = representatives(labels)
     sizes = np.bincount(labels)
     summary = {
@@ -206,12 +235,13 @@ def dedup(embeddings: str | os.PathLike, output: str | os.PathLike, threshold: f
 
 def decontaminate(embeddings: str | os.PathLike, against: list[str | os.PathLike], output: str | os.PathLike,
                   threshold: float, k: int = 64, index: str = "auto", subset: str | os.PathLike | None = None,
-                  seed: int = 0) -> dict:  # fmt: skip
+                  seed: int = 0, codes: str = "fp16",
+                  scratch_dir: str | os.PathLike | None = None) -> dict:  # fmt: skip
     """Drop from the pool `embeddings` every row whose near-duplicate group (cosine ≥ `threshold` among `k`
     neighbours, in the graph of the pool and the evaluation sets) touches a row of one of the evaluation pools
     `against` (each as `open_embeddings` reads; whole sets, no subset). Writes `output/keep.txt` (the rows kept,
     in pool order), `output/dropped.txt` and `output/summary.json`; returns the summary (with "reused")."""
-    settings = _search_settings(threshold, k, index, seed)
+    settings = _search_settings(threshold, k, index, seed, codes)
     if isinstance(against, str | os.PathLike):
         against = [against]
     if not against:
@@ -228,7 +258,8 @@ def decontaminate(embeddings: str | os.PathLike, against: list[str | os.PathLike
     done = _finished(out, "decontaminate", "keep.txt", "a decontamination result", settings, identity)
     if done is not None:
         return done
-    drop = _decontaminate(pool.vectors, [e.vectors for e in evals], threshold, k, index, seed=seed)
+    drop = _decontaminate(pool.vectors, [e.vectors for e in evals], threshold, k, index, seed=seed, codes=codes,
+                          scratch_dir=scratch_dir)  # fmt: skip
     summary = {
         **_header("decontaminate", pool, subset, settings, identity),
         "against": [{"source": e.source, "rows": len(e)} for e in evals],

@@ -2,6 +2,9 @@
 tree, an `extract` folder whose keep.txt `dinokit train` reads, and bad inputs (exit status 2)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -133,3 +136,20 @@ def test_malformed_numbers_are_usage_errors(args, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["curate", *args, "--output", str(tmp_path / "out")])
     assert e.value.code == 2
+
+
+def test_cluster_under_torchrun_equals_one_process(pool, tmp_path):
+    """Two gloo ranks, each clustering its half of the rows, write the same tree, byte for byte, as one process."""
+    args = [str(pool), "--levels", "30,6", "--resampling-steps", "2,1", "--sample-sizes", "3,1", "--iters", "4"]
+    assert main(["curate", "cluster", *args, "--output", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run = subprocess.run([*torchrun, "-m", "dinokit.cli", "curate", "cluster", *args, "--output",
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("wrote") == 1  # rank 0 alone reports
+    for level in (1, 2):
+        for part in ("centroids", "assignment"):
+            name = f"level{level}_{part}.npy"
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert not list((tmp_path / "two").glob("level*.json"))  # the per-level markers go once the tree is whole

@@ -41,7 +41,7 @@ def test_dedup_keeps_one_image_per_planted_group(pool, tmp_path, capsys):
                       names(20): [names(20), names(203), names(204)], names(30): [names(30), names(205)]}  # fmt: skip
     s = json.loads((out / "summary.json").read_text())
     assert (s["rows"], s["kept"], s["removed"], s["groups"], s["largest_group"]) == (206, 200, 6, 3, 4)
-    assert s["settings"] == {"threshold": 0.9, "k": 64, "index": "auto", "seed": 0}
+    assert s["settings"] == {"threshold": 0.9, "k": 64, "index": "auto", "seed": 0, "codes": "fp16"}
 
     # a rerun with the same settings reuses the result; other settings are refused
     before = (out / "keep.txt").stat().st_mtime_ns
@@ -118,3 +118,17 @@ def test_malformed_options_are_usage_errors(args, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["curate", *args, "--output", str(tmp_path / "out")])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("codes", ["fp16", "sq8"])
+def test_dedup_with_the_index_lists_on_disk(pool, tmp_path, codes):
+    """--scratch-dir keeps the ivf lists in a temporary folder, removed afterwards, and finds the same groups;
+    --codes is a setting (a rerun with other codes is refused), the scratch folder is not."""
+    common = ["curate", "dedup", str(pool), "--threshold", "0.9", "--index", "ivf", "--codes", codes]
+    assert main([*common, "--output", str(tmp_path / "memory")]) == 0
+    assert main([*common, "--scratch-dir", str(tmp_path / "scratch"), "--output", str(tmp_path / "disk")]) == 0
+    assert (tmp_path / "disk" / "keep.txt").read_text() == (tmp_path / "memory" / "keep.txt").read_text()
+    assert len(read_names(tmp_path / "disk" / "keep.txt")) == 200 and not list((tmp_path / "scratch").iterdir())
+    assert main([*common, "--output", str(tmp_path / "disk")]) == 0  # reused: where the lists live is no setting
+    other = "sq8" if codes == "fp16" else "fp16"
+    assert main([*common[:-1], other, "--output", str(tmp_path / "disk")]) == 2

@@ -115,3 +115,59 @@ def test_bad_arguments():
         near_duplicate_groups(x[0], 0.9)
     with pytest.raises(ConfigError):
         decontaminate(x, np.ones((2, 5), np.float32), 0.5)
+
+
+def test_ivf_recall_at_larger_n():
+    """40,000 rows (625 lists of 64 rows): the planted duplicates are still all found."""
+    x, truth = planted(n=40000, copies=4000, seed=4)
+    labels = near_duplicate_groups(x, threshold=0.9, k=8, index="ivf", batch=8192)
+    precision, recall = pair_scores_sparse(labels, truth)
+    assert precision >= 0.99 and recall >= 0.99, (precision, recall)
+
+
+def pair_scores_sparse(labels, truth):
+    """`pair_scores` without the [N, N] matrices: same-group pairs counted per (label, truth) cell."""
+    def pairs(c):
+        return int((c * (c - 1) // 2).sum())
+
+    both = pairs(np.unique(labels.astype(np.int64) * (truth.max() + 1) + truth, return_counts=True)[1])
+    pred, true = pairs(np.unique(labels, return_counts=True)[1]), pairs(np.unique(truth, return_counts=True)[1])
+    return both / max(pred, 1), both / max(true, 1)
+
+
+def test_two_level_training_and_hnsw_quantizer(monkeypatch):
+    """The large-N code paths at small N: two-level coarse k-means and the HNSW quantizer keep the recall."""
+    import dinokit.curate.dedup as dd
+
+    monkeypatch.setattr(dd, "ROWS_PER_LIST", 8)  # 375 lists for 3,000 rows
+    monkeypatch.setattr(dd, "TWO_LEVEL_MIN", 16)
+    monkeypatch.setattr(dd, "HNSW_QUANTIZER_MIN", 100)
+    x, truth = planted()
+    labels = near_duplicate_groups(x, threshold=0.9, k=8, index="ivf", batch=500)
+    precision, recall = pair_scores(labels, truth)
+    assert precision >= 0.99 and recall >= 0.99, (precision, recall)
+
+
+@pytest.mark.parametrize("codes", ["fp16", "sq8"])
+def test_on_disk_lists_equal_in_memory(tmp_path, codes, capfd):
+    x, truth = planted(n=6000, copies=1000, seed=6)
+    mem = near_duplicate_groups(x, 0.9, k=8, index="ivf", batch=700, codes=codes)
+    disk = near_duplicate_groups(x, 0.9, k=8, index="ivf", batch=700, codes=codes, scratch_dir=tmp_path / "s")
+    assert np.array_equal(mem, disk)
+    assert list((tmp_path / "s").iterdir()) == []  # the index's subfolder is removed when done
+    assert capfd.readouterr().out == ""  # faiss's 'resizing' lines kept off stdout
+    assert min(pair_scores(disk, truth)) >= 0.99
+    # "auto" with a scratch folder is ivf on disk; the other indexes cannot live there
+    assert np.array_equal(disk, near_duplicate_groups(x, 0.9, k=8, batch=700, codes=codes, scratch_dir=tmp_path))
+    with pytest.raises(ConfigError):
+        near_duplicate_groups(x, 0.9, index="exact", scratch_dir=tmp_path)
+    with pytest.raises(ConfigError):
+        near_duplicate_groups(x, 0.9, index="ivf", codes="pq")
+
+
+def test_decontaminate_on_disk(tmp_path):
+    rng = np.random.default_rng(3)
+    pool, ev = unit(rng, 2000, 32), unit(rng, 5, 32)
+    pool[20] = ev[3] + 0.1 * unit(rng, 1, 32)[0]
+    drop = decontaminate(pool.astype(np.float32), ev, threshold=0.9, k=8, index="ivf", scratch_dir=tmp_path)
+    assert np.flatnonzero(drop).tolist() == [20] and list(tmp_path.iterdir()) == []

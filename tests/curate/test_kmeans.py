@@ -1,6 +1,7 @@
 """k-means: blob recovery, determinism, chunked memmap input, 2-process gloo equals 1 process; hierarchical k-means
 tree shapes and save/load."""
 
+import importlib
 import os
 import socket
 
@@ -20,9 +21,10 @@ def blobs(n=1000, k=5, dim=8, seed=0):
     return (centers[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels, centers
 
 
-def test_recovers_well_separated_blobs():
+@pytest.mark.parametrize("init", ["k-means++", "k-means-parallel"])
+def test_recovers_well_separated_blobs(init):
     x, labels, centers = blobs()
-    c, a = kmeans(x, 5, iters=10, seed=0)
+    c, a = kmeans(x, 5, iters=10, seed=0, init=init)
     # one cluster per blob: the assignment is the labelling up to a permutation
     pairs = set(zip(labels.tolist(), a.tolist()))
     assert len(pairs) == 5 and len({p[1] for p in pairs}) == 5
@@ -41,6 +43,33 @@ def test_deterministic_under_seed_and_chunking():
     assert np.array_equal(a1, a3)
     c4, _ = kmeans(x, 8, iters=15, seed=4, chunk=64)
     assert not np.allclose(c1, c4)
+
+
+def test_parallel_seeding_is_as_good_as_kmeans_pp_and_needs_few_passes():
+    x, _, _ = blobs(n=4000, k=40, dim=16, seed=1)
+
+    def inertia(c):
+        return float(((x - c[assign(x, c)]) ** 2).sum())
+
+    class Counted:  # the pool, counting how many times it was read through
+        shape, rows = x.shape, 0
+
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            Counted.rows += len(x[i])
+            return x[i]
+
+    pp, _ = kmeans(Counted(), 40, iters=0, seed=0, init="k-means++")
+    passes_pp, Counted.rows = Counted.rows / len(x), 0
+    par, _ = kmeans(Counted(), 40, iters=0, seed=0, init="k-means-parallel")
+    passes_par = Counted.rows / len(x)
+    assert passes_pp > 2 * 40 and passes_par < 10  # two passes per centre, against a handful in all
+    # the seedings alone (no Lloyd update) are equally good: within 20 % of each other's inertia
+    assert inertia(par) < 1.2 * inertia(pp)
+    with pytest.raises(ValueError, match="init must be"):
+        kmeans(x, 4, init="random")
 
 
 def test_float16_memmap_read_in_chunks(tmp_path):
@@ -114,28 +143,89 @@ def test_hierarchical_deterministic_under_seed():
 SPLIT = 530  # uneven shards: rank 0 holds rows [0, 530), rank 1 the rest
 
 
-def _worker(rank, port, out):
+def _worker(rank, port, out, init):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         x, _, _ = blobs(k=12)
         shard = x[:SPLIT] if rank == 0 else x[SPLIT:]
-        c, a = kmeans(shard, 8, iters=15, seed=3, chunk=64)
+        c, a = kmeans(shard, 8, iters=15, seed=3, chunk=64, init=init)
+        np.save(os.path.join(out, f"rank{rank}_seeds.npy"), kmeans(shard, 8, iters=0, seed=3, init=init)[0])
         np.save(os.path.join(out, f"rank{rank}_c.npy"), c)
         np.save(os.path.join(out, f"rank{rank}_a.npy"), a)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("init", ["k-means++", "k-means-parallel"])
+def test_two_gloo_processes_equal_one(tmp_path, init):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(port, str(tmp_path), init), nprocs=2, join=True)
     x, _, _ = blobs(k=12)
-    c, a = kmeans(x, 8, iters=15, seed=3, chunk=64)
+    c, a = kmeans(x, 8, iters=15, seed=3, chunk=64, init=init)
+    seeds, _ = kmeans(x, 8, iters=0, seed=3, init=init)  # the seeding alone is the same too
     for rank in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}_seeds.npy"), seeds)
         np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}_c.npy"), c, atol=1e-5)
     a_dist = np.concatenate([np.load(tmp_path / f"rank{r}_a.npy") for r in range(2)])
     np.testing.assert_array_equal(a_dist, a)
+
+
+def test_hierarchical_resume_takes_finished_levels_back(tmp_path, monkeypatch):
+    x, _, _ = blobs(n=600, k=10)
+    args = dict(levels=[30, 6, 2], resampling_steps=[2, 2, 1], sample_sizes=[4, 2, 1], iters=4, seed=2)
+    whole = hierarchical_kmeans(x, **args)
+    km = importlib.import_module("dinokit.curate.kmeans")  # the module: `dinokit.curate.kmeans` is the function
+
+    real, calls = km.kmeans, []
+
+    def interrupted(items, k, *a, **kw):  # the run is killed while level 3 is being clustered
+        calls.append(k)
+        if k == 2:
+            raise KeyboardInterrupt
+        return real(items, k, *a, **kw)
+
+    monkeypatch.setattr(km, "kmeans", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hierarchical_kmeans(x, **args, resume=tmp_path, fingerprint={"run": 1})
+    assert sorted(p.name for p in tmp_path.glob("level*.json")) == ["level1.json", "level2.json"]
+    calls.clear()
+    monkeypatch.setattr(km, "kmeans", lambda items, k, *a, **kw: (calls.append(k), real(items, k, *a, **kw))[1])
+    resumed = hierarchical_kmeans(x, **args, resume=tmp_path, fingerprint={"run": 1})
+    assert calls == [2]  # only the level in progress is clustered again
+    for a, b in zip(whole.centroids + whole.assignments, resumed.centroids + resumed.assignments):
+        np.testing.assert_array_equal(a, b)
+    calls.clear()
+    hierarchical_kmeans(x, **args, resume=tmp_path, fingerprint={"run": 2})  # other settings: nothing taken back
+    assert calls == [30, 30, 6, 6, 2]
+
+
+def _hier_worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        x, _, _ = blobs(k=12)
+        shard = x[:SPLIT] if rank == 0 else x[SPLIT:]
+        tree = hierarchical_kmeans(shard, [24, 5], [3, 2], [6, 2], iters=6, seed=5, chunk=64)
+        tree.save(os.path.join(out, f"rank{rank}"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_hierarchical_two_gloo_processes_equal_one(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_hier_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    x, _, _ = blobs(k=12)
+    one = hierarchical_kmeans(x, [24, 5], [3, 2], [6, 2], iters=6, seed=5, chunk=64)
+    for rank in range(2):
+        tree = Tree.load(tmp_path / f"rank{rank}")
+        for a, b in zip(one.assignments, tree.assignments):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(one.centroids, tree.centroids):
+            np.testing.assert_allclose(a, b, atol=1e-5)
