@@ -891,10 +891,18 @@ def _curate_dedup(args) -> int:
 
 def _curate_embed(args) -> int:
     from .curate.embed import embed
+    from .train.distributed import init_distributed, shutdown
 
-    summary = embed(args.inputs, args.backbone, args.output, size=args.size, dtype=args.dtype, device=args.device,
-                    batch_size=args.batch_size, store_dtype=args.store_dtype, source=args.source,
-                    num_workers=args.workers)  # fmt: skip
+    info = init_distributed()  # under torchrun: every rank embeds its share of the images on its own device
+    device = args.device or (info.device if info.world_size > 1 else None)
+    try:
+        summary = embed(args.inputs, args.backbone, args.output, size=args.size, dtype=args.dtype, device=device,
+                        batch_size=args.batch_size, store_dtype=args.store_dtype, source=args.source,
+                        num_workers=args.workers)  # fmt: skip
+    finally:
+        shutdown()
+    if not info.is_main:
+        return 0
     done = "reused the finished embeddings in" if summary["reused"] else "wrote"
     print(f"{done} {summary['embeddings']}: {summary['images']} images × {summary['dim']} ({args.source}, "
           f"{args.store_dtype}); {summary['skipped']} skipped")  # fmt: skip

@@ -13,6 +13,10 @@ On disk (`output/`), written out of core and resumable:
   only after the shard file is in place, so an interrupted run loses at most the shard it was writing, and a
   rerun skips every image already listed.
 
+With `pooled=True` a shard holds per-image vectors only: `cls`, `registers` and `patch_mean [n, D]` (the mean
+patch token), no patch maps; this is what `dinokit curate embed` stores (a pool of millions of images would
+otherwise keep every patch map on disk).
+
 `read_features(output)` maps each image path to `{"cls": [D], "registers": [R, D], "patches": [h, w, D], …}`
 (numpy), reading shards lazily.
 
@@ -43,6 +47,7 @@ from ..data.transforms import model_mean_std, normalize, resize, round_to_patch,
 from ..errors import UserError
 from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 
+PER_IMAGE = ("cls", "registers", "patch_mean")  # one row per image in a shard; the other keys are patch maps
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -182,21 +187,20 @@ class _ShardWriter:
         self.shard = first_shard
         self.rows: list[tuple[str, dict[str, torch.Tensor]]] = []
 
-    def add(self, path: str, feats: dict[str, torch.Tensor]) -> None:
-        self.rows.append((path, feats))
+    def add(self, path: str, feats: dict[str, torch.Tensor], grid: tuple[int, int]) -> None:
+        self.rows.append((path, feats, grid))
 
     def flush(self) -> None:
         if not self.rows:
             return
         name = f"shard-{self.shard:05d}"
         tensors, index, offset = {}, [], 0
-        for row, (path, f) in enumerate(self.rows):
-            h, w = f["patches"].shape[:2]
+        for row, (path, f, (h, w)) in enumerate(self.rows):
             index.append({"path": path, "shard": name, "row": row, "offset": offset, "grid": [h, w]})
-            offset += h * w
+            offset += h * w if "patches" in f else 0
         for key in self.rows[0][1]:
-            values = [f[key] for _, f in self.rows]
-            per_image = key in ("cls", "registers")
+            values = [f[key] for _, f, _ in self.rows]
+            per_image = key in PER_IMAGE
             stacked = torch.stack(values) if per_image else torch.cat([v.flatten(0, 1) for v in values])
             tensors[key] = stacked.to(self.store_dtype).contiguous()
         if self.fmt == "safetensors":
@@ -268,6 +272,7 @@ def extract_features(
     num_workers: int = 0,
     backbone_name: str = "",
     progress: bool = True,
+    pooled: bool = False,
 ) -> Path:
     """Extract features of every image in `inputs` (images, folders, `.txt`/`.csv` lists) into `output`.
 
@@ -275,7 +280,8 @@ def extract_features(
     patch). `tile` and `overlap` (pixels, rounded to the patch size) cut images into tiles whose patch maps are
     stitched. `layers`: 0-based block indices (ConvNeXt: stage indices, see the module docstring) whose
     (final-normed) patch tokens are stored too. Resumable: images already in
-    `output/index.jsonl` are skipped. `device` defaults to CUDA when available. Returns the output folder.
+    `output/index.jsonl` are skipped. `device` defaults to CUDA when available. `pooled`: store per-image vectors
+    only (`patch_mean` instead of the patch maps; no `layers`). Returns the output folder.
 
     Files that cannot be used (missing, unreadable, or beyond the size limits of `dinokit.data.images`) are
     skipped, counted and listed in `output/skipped.txt`; a `UserError` when none of the listed files exists, or
@@ -308,6 +314,10 @@ def extract_features(
         format=format, patch_size=p, embed_dim=cfg.embed_dim, num_registers=cfg.num_registers,
         extra={"tiled_cls": "mean over tiles" if tile else None, "norm": "final LayerNorm on all stored tokens"},
     )  # fmt: skip
+    if pooled:  # recorded only when set, so that folders written before still resume
+        if layers:
+            raise UserError("pooled extraction stores per-image vectors only: it takes no --layers")
+        settings.extra |= {"pooled": "cls, registers and the mean patch token per image; no patch maps"}
     if is_convnext(model):  # recorded only for ConvNeXts, so that ViT folders written before still resume
         settings.extra |= {"norm": "final LayerNorm on the last stage only (stages 0-2 have none, as released)",
                            "layers": "ConvNeXt stages, widths dims[i], resized to the stride-32 grid"}  # fmt: skip
@@ -351,7 +361,11 @@ def extract_features(
                     per_image = [features_of_image(model, xi.to(device), tile, overlap, layers, batch_size, compute)
                                  for xi in x]  # fmt: skip
                 for i, f in zip(group, per_image):
-                    writer.add(str(todo[i]), {k: v.cpu() for k, v in f.items()})
+                    grid = tuple(f["patches"].shape[:2])
+                    if pooled:  # the mean over the patch grid [D], taken before the storage dtype rounds the tokens
+                        f = {"cls": f["cls"], "registers": f["registers"],
+                             "patch_mean": f["patches"].float().mean((0, 1))}  # fmt: skip
+                    writer.add(str(todo[i]), {k: v.cpu() for k, v in f.items()}, grid)
                     if len(writer.rows) >= shard_size:
                         writer.flush()
             bar.update(min(loader.batch_size, len(todo) - bar.n))  # unreadable images count as done too
@@ -410,7 +424,7 @@ class FeatureStore(Mapping):
         arrays = self._shard(e["shard"])
         out = {}
         for name, arr in arrays.items():
-            if name in ("cls", "registers"):
+            if name in PER_IMAGE:
                 out[name] = np.asarray(arr[row : row + 1])[0]
             else:
                 out[name] = np.asarray(arr[start : start + h * w]).reshape(h, w, -1)
@@ -430,9 +444,30 @@ class FeatureStore(Mapping):
 
     def vectors(self, source: str = "cls") -> tuple[list[str], np.ndarray]:
         """One vector per image, `[N, D]` in index order: the CLS token, or (`"patches"`) the mean patch token."""
-        paths = list(self.entries)
-        rows = [self[q]["cls"] if source == "cls" else self[q]["patches"].mean((0, 1)) for q in paths]
-        return paths, np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.meta["embed_dim"]), np.float32)
+        paths, blocks = [], []
+        for names, block in self.iter_vectors(source):
+            paths += names
+            blocks.append(block)
+        return paths, np.concatenate(blocks) if blocks else np.zeros((0, self.meta["embed_dim"]), np.float32)
+
+    def iter_vectors(self, source: str = "cls") -> Iterator[tuple[list[str], np.ndarray]]:
+        """The vectors of `vectors`, one shard at a time: (image paths, float32 `[n, D]`), so that a pool larger
+        than memory can be streamed."""
+        by_shard: dict[str, list[dict]] = {}
+        for e in self.entries.values():
+            by_shard.setdefault(e["shard"], []).append(e)
+        for name, entries in by_shard.items():
+            arrays = self._shard(name)
+            rows = np.array([e["row"] for e in entries])  # [n]
+            if source == "cls":
+                block = np.asarray(arrays["cls"][:], dtype=np.float32)[rows]  # [n, D]
+            elif "patch_mean" in arrays:
+                block = np.asarray(arrays["patch_mean"][:], dtype=np.float32)[rows]  # [n, D]
+            else:  # mean of each image's stretch of the concatenated patch tokens
+                patches = np.asarray(arrays["patches"][:], dtype=np.float32)  # [Σ h·w, D]
+                block = np.stack([patches[e["offset"] : e["offset"] + e["grid"][0] * e["grid"][1]].mean(0)
+                                  for e in entries])  # fmt: skip
+            yield [e["path"] for e in entries], block
 
 
 def read_features(folder: str | os.PathLike) -> FeatureStore:

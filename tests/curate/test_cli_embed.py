@@ -2,6 +2,9 @@
 folder; a rerun reuses it and another --source is refused."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -59,3 +62,22 @@ def test_patch_source_in_float32_from_python(images, tmp_path):
     x = np.load(tmp_path / "emb" / "embeddings.npy")
     assert x.dtype == np.float32 and x.shape == (2, s["dim"]) and s["skipped"] == 0
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+
+
+def test_torchrun_ranks_embed_their_shares_into_one_pool(images, tmp_path):
+    """Two gloo ranks each extract every other image into their own folder; rank 0 streams both into one pool in
+    input order, equal to what one process writes; a rerun with two ranks reuses it."""
+    argv = ["curate", "embed", str(images), "--backbone", "random:dinov2_test", "--size", "28", "--workers", "0",
+            "--store-dtype", "float32"]  # fmt: skip
+    assert main([*argv, "--output", str(tmp_path / "one")]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "dinokit.cli", *argv, "--output", str(tmp_path / "two")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for attempt in ("fresh", "rerun"):
+        run = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=180)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.count("reused" if attempt == "rerun" else "wrote") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in (tmp_path / "two" / "features").iterdir()) == ["rank-0-of-2", "rank-1-of-2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert read_names(two / "embeddings.names.txt") == read_names(one / "embeddings.names.txt")
+    np.testing.assert_allclose(np.load(two / "embeddings.npy"), np.load(one / "embeddings.npy"), atol=1e-5)
