@@ -313,6 +313,12 @@ def _add_data(sub) -> None:
     q.add_argument("--scale", type=positive_float, default=1.0,
                    help="multiply every image count (default 1: ~3,300 items)")  # fmt: skip
     q.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count, at most 8)")
+    q.add_argument("--long-tail", type=finite_float, nargs="?", const=1.5, default=None, metavar="EXPONENT",
+                   help="a long-tailed pretrain pool: object images whose material follows a Zipf law with this "
+                   "exponent (≥ 0; 1.5 when given bare)")  # fmt: skip
+    q.add_argument("--duplicates", type=finite_float, default=0.0, metavar="FRACTION",
+                   help="fraction of the pretrain pool, in [0, 1), that are planted near-duplicates: edited copies "
+                   "of earlier pool images, listed in pretrain.json (default 0)")  # fmt: skip
     q.set_defaults(func=_data_synth)
 
 
@@ -321,7 +327,11 @@ def _data_synth(args) -> int:
 
     if not 32 <= args.size <= 2048:  # beyond 2048 px a scene's buffers outgrow a laptop
         raise UserError(f"--size must be 32–2048 pixels, got {args.size}")
-    config = SynthConfig(size=args.size).scaled(args.scale)
+    if args.long_tail is not None and args.long_tail < 0:
+        raise UserError(f"--long-tail must be a Zipf exponent ≥ 0, got {args.long_tail:g}")
+    if not 0 <= args.duplicates < 1:
+        raise UserError(f"--duplicates must be a fraction in [0, 1), got {args.duplicates:g}")
+    config = SynthConfig(size=args.size, long_tail=args.long_tail, duplicates=args.duplicates).scaled(args.scale)
     try:
         out = write_synthetic(args.output, args.seed, config, workers=args.workers)
     except FileExistsError as e:

@@ -27,9 +27,22 @@ does not have them. Depth needs the texture scale and the card's placement; corr
 homographies with a photometric change (brightness, contrast, gamma, hue), which breaks raw-pixel matching.
 Self-supervised training with colour jitter and multi-crop learns exactly these invariances.
 
+A long-tailed pool with planted duplicates, for curation (`--long-tail S --duplicates F`; benchmarks/curation_gain.py).
+With a Zipf exponent S the pretraining pool becomes object-centric images (no cluttered scenes) whose material
+follows a Zipf law over the ten materials: the material of rank r (1…10) has probability ∝ r^−S, the rank order
+drawn from the seed (S = 0: uniform; the default when `--long-tail` is given bare, 1.5, gives the first material
+about half the pool and the last under 2 %). A fraction F of the pool (either pool) are planted near-duplicates:
+edited copies of earlier, original pool images — one or more of a small crop (85–95 % of the side, resized
+back), a down- and up-resize (50–80 %), a colour change (per-channel gains 0.9–1.1 and an offset of ±0.04), a
+JPEG re-encode (quality 40–90), in that order, chosen at random (saved as PNG like every other image).
+`pretrain.json` records the material of every pool image and, for each copy, the image it copies and the edits
+with their parameters, so that a benchmark can score deduplication. classify/ stays class-balanced. Without
+these options the output is byte for byte what it was before they existed.
+
 Determinism: image i of each part is rendered from its own generator seeded with (seed, part, i), so the output
-is the same for any number of worker processes. Everything is vectorised numpy: hundreds of 128-px images per
-second per core, most of it PNG encoding.
+is the same for any number of worker processes (the long-tail plan — materials, which images are copies of which
+— is drawn up front from its own generator, and a copy renders its original again from the original's seed).
+Everything is vectorised numpy: hundreds of 128-px images per second per core, most of it PNG encoding.
 """
 
 from __future__ import annotations
@@ -72,11 +85,38 @@ class SynthConfig:
     landmarks: int = 20  # retrieval: landmarks × views, plus distractors
     views: int = 5
     distractors: int = 40
+    long_tail: float | None = None  # Zipf exponent of the pretraining pool's materials (None: today's mixed pool)
+    duplicates: float = 0.0  # fraction of the pretraining pool that are edited copies of earlier pool images
+
+    def __post_init__(self) -> None:
+        if self.long_tail is not None and not (math.isfinite(self.long_tail) and self.long_tail >= 0):
+            raise ValueError(f"the Zipf exponent (--long-tail) must be a finite number ≥ 0, got {self.long_tail}")
+        if not 0 <= self.duplicates < 1:  # also refuses nan
+            raise ValueError(f"the duplicate fraction (--duplicates) must be in [0, 1), got {self.duplicates}")
 
     def scaled(self, factor: float) -> SynthConfig:
         """Every count multiplied by `factor` (at least one of each)."""
-        counts = {k: max(1, round(v * factor)) for k, v in asdict(self).items() if k not in ("size", "views")}
+        counts = {k: max(1, round(v * factor)) for k, v in asdict(self).items() if k not in NOT_COUNTS}
         return replace(self, **counts)
+
+    @property
+    def pool_plan(self) -> bool:
+        """Whether the pretraining pool is long-tailed or holds planted duplicates (then pretrain.json is written)."""
+        return self.long_tail is not None or self.duplicates > 0
+
+    def manifest(self) -> dict:
+        """The config as manifest.json records it: the long-tail fields only when set, so that a default set's
+        manifest (and its reuse) is what it was before they existed."""
+        d = asdict(self)
+        if self.long_tail is None:
+            del d["long_tail"]
+        if self.duplicates == 0:
+            del d["duplicates"]
+        return d
+
+
+NOT_COUNTS = ("size", "views", "long_tail", "duplicates")
+DEFAULT_LONG_TAIL = 1.5  # `--long-tail` given bare
 
 
 # ------------------------------------------------------------------------------------------ materials
@@ -391,19 +431,119 @@ def _depth_png(depth: np.ndarray) -> np.ndarray:
 
 
 PARTS = ("pretrain", "classify", "dense", "pairs", "landmarks", "retrieval", "distractors")
+PLAN = len(PARTS)  # the generator of the long-tail plan: (seed, PLAN, 0)
+EDITS = ("crop", "resize", "colour", "jpeg")  # edits of a planted duplicate, applied in this order
+
+
+def zipf_probabilities(exponent: float, n: int = len(MATERIALS)) -> np.ndarray:
+    """p(rank r) ∝ r^−exponent for ranks 1…n."""
+    w = np.arange(1, n + 1, dtype=np.float64) ** -exponent
+    return w / w.sum()
+
+
+def pool_plan(seed: int, config: SynthConfig) -> list[dict]:
+    """Per pretraining image: `material` (an index, or None: drawn by the image's own generator as in the default
+    pool), `copy_of` (the index of the original it copies, or None) and, for the record, nothing else. Drawn from
+    one generator seeded with (seed, PLAN, 0): the rank order of the materials, every image's material, which
+    images are copies (never the first) and of which earlier original each is."""
+    n = config.pretrain
+    rng = _rng(seed, PLAN, 0)
+    order = rng.permutation(len(MATERIALS))  # order[r] = the material of rank r + 1
+    materials: list[int | None] = [None] * n
+    if config.long_tail is not None:
+        ranks = rng.choice(len(MATERIALS), size=n, p=zipf_probabilities(config.long_tail))
+        materials = [int(order[r]) for r in ranks]
+    copies = min(round(config.duplicates * n), n - 1)
+    is_copy = np.zeros(n, bool)
+    if copies > 0:
+        is_copy[1 + rng.choice(n - 1, size=copies, replace=False)] = True
+    originals = np.flatnonzero(~is_copy)  # sorted; index 0 is always one
+    plan = []
+    for i in range(n):
+        source = None
+        if is_copy[i]:
+            source = int(originals[rng.integers(np.searchsorted(originals, i))])  # an earlier original
+        plan.append({"material": materials[i], "copy_of": source})
+    for entry in plan:  # a copy shows its original's material
+        if entry["copy_of"] is not None:
+            entry["material"] = plan[entry["copy_of"]]["material"]
+    return plan
+
+
+def _pretrain_image(seed: int, size: int, index: int, material: int | None) -> tuple[np.ndarray, int | None]:
+    """Pretraining image `index` as uint8, and its material (None for a cluttered scene). `material` None: the
+    default pool, three object images to one cluttered scene, like an uncurated pile."""
+    rng = _rng(seed, PARTS.index("pretrain"), index)
+    if material is None:
+        if index % 4:
+            material = int(rng.integers(len(MATERIALS)))
+            scene = object_scene(rng, size, material)
+        else:
+            scene = dense_scene(rng, size, size, float(size), cards=(4, 8))
+    else:
+        scene = object_scene(rng, size, material)
+    return (np.clip(scene.image, 0, 1) * 255 + 0.5).astype(np.uint8), material
+
+
+def near_duplicate(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """An edited copy of a uint8 image `[H, W, 3]`: a random non-empty subset of `EDITS`, in that order; returns it
+    and the edits with their parameters."""
+    import io
+
+    size = image.shape[1], image.shape[0]
+    chosen = rng.random(len(EDITS)) < 0.5
+    if not chosen.any():
+        chosen[rng.integers(len(EDITS))] = True
+    pil = Image.fromarray(image)
+    edits: list[dict] = []
+    for name, on in zip(EDITS, chosen):
+        if not on:
+            continue
+        if name == "crop":
+            keep = rng.uniform(0.85, 0.95)
+            w, h = max(1, round(size[0] * keep)), max(1, round(size[1] * keep))
+            left, top = int(rng.integers(size[0] - w + 1)), int(rng.integers(size[1] - h + 1))
+            box = (left, top, left + w, top + h)
+            pil = pil.crop(box).resize(size, Image.BICUBIC)
+            edits.append({"edit": "crop", "box": list(box)})
+        elif name == "resize":
+            scale = rng.uniform(0.5, 0.8)
+            small = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            pil = pil.resize(small, Image.BILINEAR).resize(size, Image.BILINEAR)
+            edits.append({"edit": "resize", "scale": round(float(scale), 4)})
+        elif name == "colour":
+            gains, offset = rng.uniform(0.9, 1.1, 3), rng.uniform(-0.04, 0.04)
+            x = np.asarray(pil, np.float32) / 255 * gains.astype(np.float32) + np.float32(offset)
+            pil = Image.fromarray((np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8))
+            edits.append({"edit": "colour", "gains": np.round(gains, 4).tolist(), "offset": round(float(offset), 4)})
+        else:
+            quality = int(rng.integers(40, 91))
+            buffer = io.BytesIO()
+            pil.save(buffer, format="JPEG", quality=quality)
+            pil = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+            edits.append({"edit": "jpeg", "quality": quality})
+    return np.asarray(pil), edits
 
 
 def _job(root: Path, seed: int, size: int, part: str, index: int, arg) -> dict | None:
     """Render and write one item; returns what the manifests need to know about it."""
+    if part == "pretrain":
+        if arg is None:  # the default pool: three object images to one cluttered scene, like an uncurated pile
+            image, _ = _pretrain_image(seed, size, index, None)
+            _save(image, root / "pretrain" / f"{index:06d}.png")
+            return None
+        # a long-tailed pool and/or planted duplicates: arg is this image's entry of pool_plan
+        record: dict = {"name": f"{index:06d}.png", "material": None}
+        if arg["copy_of"] is None:
+            image, material = _pretrain_image(seed, size, index, arg["material"])
+        else:  # render the original again (its own generator: the same pixels) and edit it with ours
+            original, material = _pretrain_image(seed, size, arg["copy_of"], arg["material"])
+            image, edits = near_duplicate(original, _rng(seed, PARTS.index("pretrain"), index))
+            record.update(copy_of=f"{arg['copy_of']:06d}.png", edits=edits)
+        record["material"] = None if material is None else MATERIALS[material]
+        _save(image, root / "pretrain" / f"{index:06d}.png")
+        return record
     rng = _rng(seed, PARTS.index(part), index)
-    if part == "pretrain":  # three object images to one cluttered scene, like an uncurated pile
-        scene = (
-            object_scene(rng, size, int(rng.integers(len(MATERIALS))))
-            if index % 4
-            else dense_scene(rng, size, size, float(size), cards=(4, 8))
-        )
-        _save(scene.image, root / "pretrain" / f"{index:06d}.png")
-        return None
     if part == "classify":
         split, material = arg
         _save(
@@ -451,9 +591,10 @@ def _job(root: Path, seed: int, size: int, part: str, index: int, arg) -> dict |
     raise ValueError(part)
 
 
-def _tasks(config: SynthConfig) -> list[tuple[str, int, object]]:
+def _tasks(config: SynthConfig, seed: int = 0) -> list[tuple[str, int, object]]:
     c = config
-    tasks: list[tuple[str, int, object]] = [("pretrain", i, None) for i in range(c.pretrain)]
+    plan = pool_plan(seed, c) if c.pool_plan else [None] * c.pretrain
+    tasks: list[tuple[str, int, object]] = [("pretrain", i, plan[i]) for i in range(c.pretrain)]
     i = 0
     for split, n in (("train", c.train_per_class), ("val", c.val_per_class)):
         for material in range(len(MATERIALS)):
@@ -483,7 +624,7 @@ def write_synthetic(
 
     An existing `out` written with the same seed and config is kept as is (the work is deterministic)."""
     out = Path(out)
-    manifest = {"generator": "dinokit.data.synthetic", "version": 1, "seed": seed, "config": asdict(config)}
+    manifest = {"generator": "dinokit.data.synthetic", "version": 1, "seed": seed, "config": config.manifest()}
     if (out / "manifest.json").exists():
         if json.loads((out / "manifest.json").read_text()) == {**manifest, "classes": list(MATERIALS)}:
             return out
@@ -495,7 +636,7 @@ def write_synthetic(
         raise FileExistsError(f"{out} exists and is not empty")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tasks = _tasks(config)
+    tasks = _tasks(config, seed)
     for d in _folders(config):
         (tmp / d).mkdir(parents=True, exist_ok=True)
     workers = workers or min(os.cpu_count() or 1, 8)
@@ -507,6 +648,8 @@ def write_synthetic(
     else:
         results = [_run(j) for j in tqdm(jobs, **bar)]
     _write_manifests(tmp, tasks, results, config)
+    if config.pool_plan:
+        (tmp / "pretrain.json").write_text(json.dumps(_pool_manifest(seed, config, results[: config.pretrain])))
     (tmp / "manifest.json").write_text(json.dumps({**manifest, "classes": list(MATERIALS)}, indent=2))
     (tmp / "README.md").write_text(_readme(seed, config))
     if out.exists():
@@ -540,14 +683,49 @@ def _write_manifests(root: Path, tasks, results, config: SynthConfig) -> None:
     (root / "seg" / "classes.json").write_text(json.dumps(list(SEG_CLASSES)))
 
 
+def _pool_manifest(seed: int, c: SynthConfig, records: list[dict]) -> dict:
+    """pretrain.json: how the long-tailed pool was drawn and, per image, its material and what it copies."""
+    order = _rng(seed, PLAN, 0).permutation(len(MATERIALS))  # the first draw of pool_plan
+    counts = {m: 0 for m in MATERIALS}
+    for r in records:
+        if r["material"] is not None:
+            counts[r["material"]] += 1
+    pool: dict = {
+        "long_tail": c.long_tail,
+        "duplicates": c.duplicates,
+        "images": len(records),
+        "copies": sum("copy_of" in r for r in records),
+        "counts": counts,
+    }
+    if c.long_tail is not None:
+        pool["ranks"] = [MATERIALS[m] for m in order]  # most frequent first
+        pool["probabilities"] = {MATERIALS[m]: round(float(p), 6)
+                                 for m, p in zip(order, zipf_probabilities(c.long_tail))}  # fmt: skip
+    pool["items"] = records  # name, material (null: a cluttered scene), and for a copy: copy_of, edits
+    return pool
+
+
+def _pool_readme(c: SynthConfig) -> str:
+    if not c.pool_plan:
+        return f"- pretrain/: {c.pretrain} unlabelled images, for self-supervised training."
+    what = "images (three objects to one scene)"
+    if c.long_tail is not None:
+        what = f"object-centric images whose material follows a Zipf law (exponent {c.long_tail:g})"
+    return (f"- pretrain/: {c.pretrain} unlabelled {what},\n  for self-supervised training; "
+            f"{c.duplicates:.0%} of them are planted near-duplicates (edited copies of earlier ones).\n"
+            "  pretrain.json: every image's material and, per copy, the image it copies and the edits.")  # fmt: skip
+
+
 def _readme(seed: int, c: SynthConfig) -> str:
+    options = f" --long-tail {c.long_tail:g}" if c.long_tail is not None else ""
+    options += f" --duplicates {c.duplicates:g}" if c.duplicates else ""
     return f"""# dinokit synthetic benchmark (seed {seed})
 
 Written by `dinokit data synth` (dinokit/data/synthetic.py explains the world and why a random network cannot
 solve it; docs/formats.md describes each layout). {c.size}×{c.size} px PNG images.
 Classes (materials): {", ".join(MATERIALS)}.
 
-- pretrain/: {c.pretrain} unlabelled images, for self-supervised training.
+{_pool_readme(c)}
 - classify/{{train,val}}/<class>/: ImageNet style, {c.train_per_class} / {c.val_per_class} images per class
   (k-NN, linear, logreg).
 - seg/images/{{training,validation}}/ + seg/annotations/…: ADE20K style label PNGs; classes in
@@ -557,5 +735,5 @@ Classes (materials): {", ".join(MATERIALS)}.
 - retrieval/retrieval.json + retrieval/images/: queries with positives and junk, a gallery with distractors
   (retrieval).
 
-Regenerate: `dinokit data synth OUT --seed {seed} --size {c.size}`.
+Regenerate: `dinokit data synth OUT --seed {seed} --size {c.size}{options}`.
 """
