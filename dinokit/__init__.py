@@ -34,6 +34,8 @@ _EXPORTS = {
     "pca_rgb": ".tools.viz",
     "read_features": ".tools.extract",
     "similarity_map": ".tools.viz",
+    # dino.txt: the text-aligned model
+    "load_dinotxt": ".text",
 }
 
 __all__ = [
@@ -55,6 +57,8 @@ __all__ = [
     "pca_rgb",
     "read_features",
     "similarity_map",
+    # dino.txt: the text-aligned model
+    "load_dinotxt",
 ]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr__` below imports these
@@ -69,6 +73,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr_
         load_backbone,
         save_backbone,
     )
+    from .text import load_dinotxt
     from .tools.export import export_onnx
     from .tools.extract import extract_features, read_features
     from .tools.index import FeatureIndex

@@ -102,8 +102,11 @@ def _info(args) -> int:
     from .models.architectures import ARCHITECTURES
     from .models.presets import match_preset
     from .models.weights import LICENCES, check_state_dict, infer_config, read_checkpoint
+    from .text.checkpoint import describe_dinotxt, is_dinotxt_state_dict
 
     sd, stored, info = read_checkpoint(args.path)
+    if stored is None and is_dinotxt_state_dict(sd):  # a dino.txt vision head + text encoder, not a backbone
+        return _print_rows([("file", args.path), ("format", info["format"]), *describe_dinotxt(sd)])
     c = stored or infer_config(sd, info.get("path", ""))
     with torch.device("meta"):  # the architecture without memory, to check the file as load_backbone does
         check_state_dict(ARCHITECTURES[c.kind].model(c).state_dict(), sd)
