@@ -5,8 +5,9 @@ The pool is synthetic: a seeded long-tailed (Zipf) mixture of Gaussian clusters 
 of rows replaced by noisy copies of others (planted near-duplicates), L2-normalised and stored as float16 in a
 temporary `.npy` memmap, as `dinokit embed` writes it. Each stage runs in a fresh subprocess on that memmap, so its
 peak memory is its own:
-- `dedup-exact`, `dedup-ivf`: `near_duplicate_groups(pool, threshold, k, index=...)`;
-- `kmeans`: `kmeans(pool, k, iters)` (level 1); the k-means++ seeding and each Lloyd update are timed apart;
+- `dedup-exact`, `dedup-ivf`: `near_duplicate_groups(pool, threshold, k, index=...)`; `dedup-disk`: ivf with its
+  inverted lists on disk (`scratch_dir`);
+- `kmeans`: `kmeans(pool, k, iters, init=...)` (level 1); the seeding and each Lloyd update are timed apart;
 - `upper`: `hierarchical_kmeans` of the level-1 centroids into the upper levels (`--upper`);
 - `sample`: `balanced_sample` of a quarter of the pool from that tree, "random" and "closest".
 Peak memory: `VmHWM` of the stage's process (its peak resident set, counting the pool pages mapped from the page
@@ -15,11 +16,10 @@ anonymous resident memory (`RssAnon`, sampled every 20 ms: what the stage alloca
 in it), both with the figure after the imports, before the stage, beside them.
 
 Peer: the same operations at the smallest pool size. The figure is the ratio of time per row at each size to the
-smallest size's (1.0 everywhere = linear in N); exact dedup is quadratic by construction and IVF with
-nlist ≈ 4√N lists and a fixed nprobe grows as N^1.5, which the ratio shows.
+smallest size's (1.0 everywhere = linear in N); exact dedup is quadratic by construction.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/curation.py [--sizes 12500 25000 50000 100000] [--dims 384 1024]
-        [--k 256] [--iters 5] [--exact-max 50000] [--json out.json]
+        [--k 256] [--iters 5] [--init auto] [--exact-max 50000] [--stages …] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("dedup-exact", "dedup-ivf", "kmeans", "upper", "sample")
+STAGES = ("dedup-exact", "dedup-ivf", "dedup-disk", "kmeans", "upper", "sample")
 
 
 def make_pool(path: Path, n: int, d: int, seed: int, clusters: int = 1000, dup_frac: float = 0.01,
@@ -109,11 +109,13 @@ def worker(a) -> dict:
     with AnonPeak() as mem:
         t0 = time.perf_counter()
         if a.stage.startswith("dedup"):
-            labels = near_duplicate_groups(pool, a.threshold, k=a.dedup_k, index=a.stage.split("-")[1])
+            index = {"dedup-exact": "exact", "dedup-ivf": "ivf", "dedup-disk": "ivf"}[a.stage]
+            scratch = work / "scratch" if a.stage == "dedup-disk" else None
+            labels = near_duplicate_groups(pool, a.threshold, k=a.dedup_k, index=index, scratch_dir=scratch)
             out["removed"] = int(n - (labels.max() + 1))
         elif a.stage == "kmeans":
             ticks = []
-            c, asg = kmeans(pool, a.k, a.iters, seed=0, on_iter=lambda: ticks.append(time.perf_counter()))
+            c, asg = kmeans(pool, a.k, a.iters, seed=0, on_iter=lambda: ticks.append(time.perf_counter()), init=a.init)
             end = time.perf_counter()
             steps = np.diff(ticks) if len(ticks) > 1 else np.array([ticks[0] - t0])
             out["per_iter_s"] = float(np.median(steps))
@@ -148,7 +150,7 @@ def worker(a) -> dict:
 def run_stage(stage: str, pool: Path, work: Path, a) -> dict:
     argv = [sys.executable, __file__, "--worker", stage, "--pool", str(pool), "--work", str(work),
             "--k", str(a.k), "--iters", str(a.iters), "--threshold", str(a.threshold),
-            "--dedup-k", str(a.dedup_k), "--upper", *map(str, a.upper)]  # fmt: skip
+            "--dedup-k", str(a.dedup_k), "--init", a.init, "--upper", *map(str, a.upper)]  # fmt: skip
     res = subprocess.run(argv, capture_output=True, text=True, check=False)
     if res.returncode:
         raise SystemExit(f"{stage} failed:\n{res.stderr[-3000:]}")
@@ -162,6 +164,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=256, help="level-1 clusters")
     p.add_argument("--upper", type=int, nargs="+", default=[32, 8], help="clusters of the levels above level 1")
     p.add_argument("--iters", type=int, default=5, help="Lloyd updates per k-means run")
+    p.add_argument("--init", default="auto", choices=["auto", "k-means++", "k-means-parallel"], help="level-1 seeding")
     p.add_argument("--threshold", type=float, default=0.95, help="dedup cosine threshold")
     p.add_argument("--dedup-k", type=int, default=16)
     p.add_argument("--exact-max", type=int, default=50000, help="exact dedup (quadratic) only up to this N")
@@ -196,7 +199,7 @@ def main() -> None:
                           f"anon peak {r['anon_peak_mb']:6.0f} MB (base {r['base_anon_mb']:.0f})",
                           file=sys.stderr)  # fmt: skip
 
-    print(f"\nk={a.k} (upper {a.upper}), {a.iters} Lloyd updates per run, dedup k={a.dedup_k} at "
+    print(f"\nk={a.k} (upper {a.upper}, init {a.init}), {a.iters} Lloyd updates per run, dedup k={a.dedup_k} at "
           f"cosine >= {a.threshold}, {results[0]['threads']} thread(s)\n")  # fmt: skip
     head = "| D | stage | N | time (s) | s per 1M rows | ratio to smallest N | peak RSS / anon (MB), base | notes |"
     print(head + "\n" + "|---" * 8 + "|")
