@@ -1,10 +1,12 @@
 """The file-to-file steps behind `dinokit curate cluster` and `dinokit curate sample` (their Python twins).
 
-`cluster` writes to its folder: `names.txt` (the name of every clustered row, in the tree's row order),
-`summary.json` (the settings, the input's identity and the cluster sizes per level), then the tree (`Tree.save`,
-whose `tree.json` comes last and so marks a finished run). A rerun into a finished folder reuses it when the
-settings and the input (its row names and shape) are the same, and refuses otherwise, so a tree never silently
-mixes two runs. `sample` writes `keep.txt` (the chosen names, in row order) and `summary.json`.
+`cluster` writes to its folder each level as it finishes (its arrays, then a `level{l}.json` marker naming the
+settings and the input, so that a rerun after an interruption takes the finished levels back), then `names.txt`
+(the name of every clustered row, in the tree's row order), `summary.json` (the settings, the input's identity and
+the cluster sizes per level) and the tree (`Tree.save`, whose `tree.json` comes last and so marks a finished run;
+the markers are removed then). A rerun into a finished folder reuses it when the settings and the input (its row
+names and shape) are the same, and refuses otherwise, so a tree never silently mixes two runs. `sample` writes
+`keep.txt` (the chosen names, in row order) and `summary.json`.
 
 `dedup` writes `keep.txt` (one representative per near-duplicate group), `groups.json` and `summary.json`;
 `decontaminate` writes `keep.txt` (the pool rows kept), `dropped.txt` and `summary.json`; `retrieve` writes
