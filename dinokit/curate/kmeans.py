@@ -84,6 +84,13 @@ def _rows(x, start: int, stop: int, device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(block, dtype=np.float32)).to(device)
 
 
+def _take(x, rows: np.ndarray, device) -> torch.Tensor:
+    """Rows `rows` (ascending, so a memmap is read front to back) of x as float32 [len(rows), D], in one read."""
+    if isinstance(x, torch.Tensor):
+        return x[torch.from_numpy(rows)].to(device=device, dtype=torch.float32)
+    return torch.from_numpy(np.asarray(x[rows], dtype=np.float32)).to(device)
+
+
 def _sq_dist(xc: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances [n, m] between rows xc [n, D] and c [m, D] (c_sq [m] = ‖c‖²)."""
     d = (xc * xc).sum(1, keepdim=True) - 2 * xc @ c.T + c_sq  # [n, m]
@@ -198,7 +205,10 @@ def _nearest_sq(x, c: torch.Tensor, closest: torch.Tensor | None, chunk: int, de
     step = _block_rows(chunk, len(c))
     for s in range(0, n, step):
         xc = _rows(x, s, min(s + step, n), device)  # [n_c, D]
-        d = _sq_dist(xc, c, c_sq).min(1).values.double() if len(c) else torch.full((len(xc),), math.inf)  # [n_c]
+        if not len(c):  # a round that found no new candidate: nothing gets nearer
+            out[s : s + len(xc)] = closest[s : s + len(xc)]
+            continue
+        d = _sq_dist(xc, c, c_sq).min(1).values.double()  # [n_c]
         out[s : s + len(xc)] = d if closest is None else torch.minimum(d, closest[s : s + len(xc)])
     return out
 
@@ -234,8 +244,8 @@ def _kmeans_parallel(x, k: int, rng: np.random.Generator, seed: int, chunk: int,
         counts = _all_reduce(counts, on).cpu().numpy()  # [world] candidates found by each rank
         new = torch.zeros(int(counts.sum()), dim, dtype=torch.float32, device=device)  # [m, D], in global row order
         at = int(counts[: dist.get_rank()].sum()) if on else 0
-        for j, i in enumerate(picked):
-            new[at + j] = _rows(x, int(i), int(i) + 1, device)[0]
+        if len(picked):
+            new[at : at + len(picked)] = _take(x, picked, device)
         new = _all_reduce(new, on)
         closest = _nearest_sq(x, new, closest, chunk, device)
         cand = torch.cat([cand, new])
