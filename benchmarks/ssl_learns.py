@@ -2,14 +2,19 @@
 used) and compares the k-NN accuracy of the trained teacher's CLS features with that of the same backbone at
 its random initialisation, on a separate labelled set of images drawn from the same classes.
 
-The classes are textures (stripes at several orientations, checkerboards, dots, rings, blobs, coarse noise)
-with random grey levels, scales, phases and noise. With `--colour` each image gets two random colours
-instead: then the easiest cue to tell 800 images apart — which is what self-distillation rewards — is their
-colour pair, which says nothing about the class, and a short run learns it first (docs/training.md).
-k-NN as the released protocol: L2-normalised CLS, cosine top-k (k = 20), votes weighted by exp(sim / 0.07);
-each labelled image is classified by its neighbours among the others (leave-one-out).
+Two families of classes (`--family`):
+- `textures` (the default): stripes at several orientations, checkerboards, dots, rings, blobs, coarse noise, with
+  random grey levels, scales, phases and noise. With `--colour` each image gets two random colours instead: then
+  the easiest cue to tell 800 images apart — which is what self-distillation rewards — is their colour pair, which
+  says nothing about the class, and a short run learns it first (docs/training.md).
+- `shapes` (dinokit/data/shapes.py): eight flat shapes (disk, ring, square, triangle, star, cross, bar, crescent)
+  in random colours on randomly coloured, striped or noisy backgrounds, at 64 px: the class is the outline only.
+Both: 100 unlabelled images per class to train on, a separate labelled set to score (40 per class for
+textures, 50 for shapes). k-NN as the released protocol: L2-normalised CLS, cosine top-k (k = 20), votes
+weighted by exp(sim / 0.07); each labelled image is classified by its neighbours among the others
+(leave-one-out). The gain is reported with its 95 % paired-bootstrap interval over the labelled images.
 
-    PYTHONPATH=. python benchmarks/ssl_learns.py [--steps N] [--out /tmp/ssl_learns] [key=value ...]
+    PYTHONPATH=. python benchmarks/ssl_learns.py [--family textures|shapes] [--steps N] [--out DIR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ from PIL import Image
 from dinokit.config import PretrainConfig, load_config
 from dinokit.data.datasets import ImageList
 from dinokit.data.images import decode_image
+from dinokit.data.shapes import SHAPES, shape_image
 from dinokit.data.transforms import normalize, resize
 from dinokit.models import load_backbone
 from dinokit.train.build import build_backbone
 
 CLASSES = ["h_stripes", "v_stripes", "d_stripes", "checker", "dots", "rings", "blob", "coarse_noise"]
+FAMILIES = {  # name → (classes, image size, labelled images per class)
+    "textures": (CLASSES, 112, 40),
+    "shapes": (list(SHAPES), 64, 50),
+}
 
 
 def texture(cls: int, size: int, rng: np.random.Generator, colour: bool = False) -> np.ndarray:
@@ -63,18 +73,20 @@ def texture(cls: int, size: int, rng: np.random.Generator, colour: bool = False)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_folder(root: Path, per_class: int, seed: int, labelled: bool, colour: bool, size: int = 112) -> None:
+def make_folder(root: Path, per_class: int, seed: int, labelled: bool, colour: bool, family: str = "textures") -> None:
+    classes, size, _ = FAMILIES[family]
     rng = np.random.default_rng(seed)
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(classes):
         folder = root / name if labelled else root
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            Image.fromarray(texture(c, size, rng, colour)).save(folder / f"{name}_{i:04d}.png")
+            image = texture(c, size, rng, colour) if family == "textures" else shape_image(rng, size, c)
+            Image.fromarray(image).save(folder / f"{name}_{i:04d}.png")
 
 
 @torch.no_grad()
-def knn_accuracy(backbone, images: ImageList, size: int, k: int = 20, temperature: float = 0.07) -> float:
-    """Leave-one-out weighted k-NN accuracy (%) of the L2-normalised CLS features."""
+def knn_accuracy(backbone, images: ImageList, size: int, k: int = 20, temperature: float = 0.07) -> torch.Tensor:
+    """Leave-one-out weighted k-NN hits [N] (1 = correct) of the L2-normalised CLS features."""
     backbone.eval()
     feats = []
     for i in range(0, len(images), 64):
@@ -86,20 +98,24 @@ def knn_accuracy(backbone, images: ImageList, size: int, k: int = 20, temperatur
     sims.fill_diagonal_(-math.inf)
     top, idx = sims.topk(k, dim=1)
     votes = torch.zeros(len(f), len(images.classes)).scatter_add_(1, labels[idx], (top / temperature).exp())
-    return 100.0 * (votes.argmax(1) == labels).float().mean().item()
+    return (votes.argmax(1) == labels).float()
 
 
 def main() -> None:
+    from dinokit.eval.significance import paired_bootstrap, percent_of
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=sorted(FAMILIES), default="textures", help="the classes (see the docstring)")
     p.add_argument("--steps", type=int, default=None, help="default: the preset's train.steps")
-    p.add_argument("--out", default="/tmp/ssl_learns")
-    p.add_argument("--colour", action="store_true", help="random colours instead of grey levels (see the docstring)")
+    p.add_argument("--out", default=None, help="work folder (default /tmp/ssl_learns_<family>)")
+    p.add_argument("--colour", action="store_true", help="textures: random colours instead of grey levels")
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. teacher.target=sinkhorn_knopp")
     args = p.parse_args()
-    out = Path(args.out)
+    classes, size, per_class = FAMILIES[args.family]
+    out = Path(args.out or f"/tmp/ssl_learns_{args.family}")
     if not (out / "unlabelled").exists():
-        make_folder(out / "unlabelled", per_class=100, seed=0, labelled=False, colour=args.colour)
-        make_folder(out / "heldout", per_class=40, seed=1, labelled=True, colour=args.colour)
+        make_folder(out / "unlabelled", 100, seed=0, labelled=False, colour=args.colour, family=args.family)
+        make_folder(out / "heldout", per_class, seed=1, labelled=True, colour=args.colour, family=args.family)
     cfg: PretrainConfig = load_config(
         PretrainConfig,
         Path(__file__).parents[1] / "configs/pretrain/tiny_cpu.yaml",
@@ -108,7 +124,7 @@ def main() -> None:
     )
     heldout = ImageList.from_source(out / "heldout")
     torch.manual_seed(cfg.seed)  # the initialisation the run starts from (train() seeds the same way)
-    acc_random = knn_accuracy(build_backbone(cfg), heldout, cfg.crops.global_size)
+    hits_random = knn_accuracy(build_backbone(cfg), heldout, cfg.crops.global_size)
     from dinokit.train.build import keep_freed_memory
     from dinokit.train.loop import train
 
@@ -116,11 +132,14 @@ def main() -> None:
     t0 = time.perf_counter()
     run = train(cfg)
     minutes = (time.perf_counter() - t0) / 60
-    acc_trained = knn_accuracy(load_backbone(run / "teacher_backbone"), heldout, cfg.crops.global_size)
-    print(f"k-NN (k=20) accuracy on {len(heldout)} held-out images of {len(CLASSES)} classes "
-          f"(chance {100 / len(CLASSES):.1f}%):")  # fmt: skip
+    hits_trained = knn_accuracy(load_backbone(run / "teacher_backbone"), heldout, cfg.crops.global_size)
+    low, high = paired_bootstrap(percent_of(hits_random), percent_of(hits_trained))
+    acc_random, acc_trained = 100 * hits_random.mean().item(), 100 * hits_trained.mean().item()
+    print(f"{args.family}: k-NN (k=20) accuracy on {len(heldout)} held-out images of {len(classes)} classes "
+          f"(chance {100 / len(classes):.1f}%):")  # fmt: skip
     print(f"  random initialisation: {acc_random:.1f}%")
     print(f"  after {cfg.train.steps} SSL steps ({minutes:.1f} min): {acc_trained:.1f}%")
+    print(f"  gain {acc_trained - acc_random:+.1f} points, 95% paired-bootstrap interval [{low:+.1f}, {high:+.1f}]")
 
 
 if __name__ == "__main__":
