@@ -36,6 +36,7 @@ _EXPORTS = {
     "similarity_map": ".tools.viz",
     # dino.txt: the text-aligned model
     "load_dinotxt": ".text",
+    "zeroshot_classifier": ".eval.zeroshot",
 }
 
 __all__ = [
@@ -59,9 +60,11 @@ __all__ = [
     "similarity_map",
     # dino.txt: the text-aligned model
     "load_dinotxt",
+    "zeroshot_classifier",
 ]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr__` below imports these
+    from .eval.zeroshot import zeroshot_classifier
     from .models import (
         BackboneOutput,
         CheckpointError,

@@ -238,6 +238,29 @@ def _add_eval(sub) -> None:
     q.add_argument("--pairs", required=True, help="pairs JSON: image_a, image_b, keypoints_a, keypoints_b")
     q.add_argument("--thresholds", type=positive_float, nargs="+", default=[5, 10, 20], help="pixels (default 5 10 20)")
 
+    def text(q, names: str) -> None:  # dino.txt protocols: the text model and its prompts
+        q.add_argument("--dinotxt", required=True, help=DINOTXT_HELP)
+        q.add_argument("--vocab", default=None, help=VOCAB_HELP)
+        q.add_argument("--classnames", default=None, help=names)
+        q.add_argument("--templates", default=None,
+                       help="prompt templates, one per line with {} for the class (default: the 80 ImageNet ones)")
+
+    q = protocol("zeroshot", "dino.txt zero-shot classification (top-1, top-5)", 512)
+    q.add_argument("--val", required=True, help=classes)
+    text(q, "class names, one per line in sorted folder order, or JSON (a list, or folder → name); `imagenet`: the "
+         "release's ImageNet-1k names; default: the folder names with _ as spaces")  # fmt: skip
+    loader(q)
+    q = protocol("openseg", "dino.txt open-vocabulary segmentation, no training (mIoU)", 512)
+    q.add_argument("--val", required=True, help="image folder (ADE20K: images/validation) or `image label` list")
+    q.add_argument("--val-labels", default=None, help="label folder (default: images → annotations in the path)")
+    text(q, "class names of labels 0, 1, …: one per line or a JSON list; ade20k or cityscapes: the release's names "
+         "(default: classes.json near the images)")  # fmt: skip
+    q.add_argument("--reduce-zero-label", action="store_true", help="ADE20K: 0 is 'other' (ignored), 1…150 → 0…149")
+    q.add_argument("--mode", choices=["slide", "whole"], default="slide",
+                   help="sliding windows (the release's default) or the whole image at once")  # fmt: skip
+    q.add_argument("--window", type=positive_int, default=384, help="slide: window side in px (default 384)")
+    q.add_argument("--stride", type=positive_int, default=192, help="slide: window step in px (default 192)")
+
 
 def _eval(args) -> int:
     import json
@@ -255,9 +278,11 @@ def _eval(args) -> int:
         if out.is_dir():
             raise UserError(f"--output {out} is a folder; give a file name such as {out / 'metrics.json'}")
     model = _backbone(args.backbone, args.seed)
+    if args.protocol in ("zeroshot", "openseg"):
+        model = _dinotxt(args.dinotxt, model, args.vocab)
     torch.manual_seed(args.seed)
     common = dict(size=args.size, device=args.device)
-    if args.protocol in ("knn", "linear", "logreg"):
+    if args.protocol in ("knn", "linear", "logreg", "zeroshot"):
         common.update(batch_size=args.batch_size, num_workers=args.workers)
     if args.protocol in ("seg", "depth"):
         common.update(crop=args.crop or args.size, iterations=args.iterations, crops_per_image=args.crops_per_image,
@@ -277,6 +302,15 @@ def _eval(args) -> int:
                               args.max_depth, args.depth_scale, args.eigen_crop, **common)  # fmt: skip
     elif p == "retrieval":
         metrics = E.run_retrieval(model, args.data, **common)
+    elif p == "zeroshot":
+        from .eval.zeroshot import run_zeroshot
+
+        metrics = run_zeroshot(model, args.val, args.classnames, args.templates, **common)
+    elif p == "openseg":
+        from .eval.openseg import run_openseg
+
+        metrics = run_openseg(model, args.val, args.val_labels, args.classnames, args.templates, args.reduce_zero_label,
+                              mode=args.mode, side=args.window, stride=args.stride, **common)  # fmt: skip
     else:
         metrics = E.run_correspondence(model, args.pairs, thresholds=args.thresholds, **common)
     width = max(len(k) for k in metrics)
@@ -290,6 +324,24 @@ def _eval(args) -> int:
             raise UserError(f"--output {out}: could not write the metrics ({e.strerror})") from None
         print(f"wrote {out}")
     return 0
+
+
+DINOTXT_HELP = "dino.txt vision head + text encoder file (dinov3_vitl16_dinotxt_vision_head_and_text_encoder-*.pth)"
+VOCAB_HELP = "CLIP's bpe_simple_vocab_16e6.txt.gz (default: the one inside an installed open_clip_torch)"
+
+
+def _dinotxt(path: str, backbone, vocab: str | None = None, need_vocab: bool = True):
+    """`--dinotxt` (+ the backbone module, + `--vocab` when prompts are tokenized) → a DinoTxt model."""
+    from .text import find_vocab, load_dinotxt
+
+    if not Path(path).expanduser().is_file():
+        raise UserError(f"--dinotxt {path}: no such file (the released dino.txt vision-head-and-text-encoder .pth)")
+    if need_vocab and vocab is None:
+        vocab = find_vocab()
+        if vocab is None:
+            raise UserError("text prompts need CLIP's BPE vocabulary: pass --vocab <path of "
+                            "bpe_simple_vocab_16e6.txt.gz> (shipped in the open_clip_torch wheel)")  # fmt: skip
+    return load_dinotxt(path, backbone=backbone, vocab=vocab)
 
 
 def _backbone(spec: str, seed: int):
@@ -489,8 +541,8 @@ def _export(args) -> int:
 
 # --------------------------------------------------------------------------------------------------- viz
 def _add_viz(sub) -> None:
-    p = sub.add_parser("viz", help="pictures of features: PCA colours, similarity maps, CLS attention")
-    p.add_argument("kind", choices=["pca", "similarity", "attention"])
+    p = sub.add_parser("viz", help="pictures of features: PCA colours, similarity maps, CLS attention, text prompts")
+    p.add_argument("kind", choices=["pca", "similarity", "attention", "text"])
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     p.add_argument("--output", required=True, help="PNG file")
@@ -498,6 +550,9 @@ def _add_viz(sub) -> None:
     p.add_argument("--foreground", type=finite_float, default=None,
                    help="pca: black out the background below this value")  # fmt: skip
     p.add_argument("--query", default=None, help="similarity: Y,X pixel in the first image (default: its centre)")
+    p.add_argument("--dinotxt", default=None, help=f"text: {DINOTXT_HELP}")
+    p.add_argument("--prompt", action="append", default=None, help="text: a text prompt, one panel each (repeat)")
+    p.add_argument("--vocab", default=None, help=f"text: {VOCAB_HELP}")
     _compute_options(p)
     p.set_defaults(func=_viz)
 
@@ -507,11 +562,20 @@ def _viz(args) -> int:
     from .models import backbone_from_spec
     from .tools import viz
 
-    model = backbone_from_spec(args.backbone)
+    text = args.kind == "text"
+    if text and not (args.dinotxt and args.prompt):
+        raise UserError("viz text needs --dinotxt CKPT and at least one --prompt TEXT")
+    if not text and (args.dinotxt or args.prompt or args.vocab):
+        raise UserError("--dinotxt, --prompt and --vocab belong to `dinokit viz text`")
+    model = _backbone(args.backbone, 0) if text else backbone_from_spec(args.backbone)
+    if text:
+        model = _dinotxt(args.dinotxt, model, args.vocab)
     images = [decode_image(path) for path in args.images]
     size = args.size or None
     compute = dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype)
-    if args.kind == "pca":
+    if text:
+        picture = viz.render_text_similarity(model, images, args.prompt, size, **compute)
+    elif args.kind == "pca":
         picture = viz.render_pca(model, images, size, args.foreground, **compute)
     elif args.kind == "similarity":
         try:
@@ -579,9 +643,13 @@ def _add_prototypes(sub) -> None:
     p = sub.add_parser("prototypes", help="few-shot class prototypes: per-patch classes and OOD masks")
     ops = p.add_subparsers(dest="op", required=True, metavar="<build|apply>")
 
-    b = ops.add_parser("build", help="prototypes from labelled images (class sub-folders or a path,label list)")
-    b.add_argument("source", help="folder with one sub-folder per class, or a .txt/.csv list")
+    b = ops.add_parser("build", help="prototypes from labelled images (class sub-folders or a path,label list), "
+                       "or from text prompts with dino.txt")  # fmt: skip
+    b.add_argument("source", nargs="?", default=None, help="folder with one sub-folder per class, or a .txt/.csv list")
     b.add_argument("--backbone", required=True, help=BACKBONE_HELP)
+    b.add_argument("--dinotxt", default=None, help=f"text prototypes (with --prompt): {DINOTXT_HELP}")
+    b.add_argument("--prompt", action="append", default=None, help="a text prompt, one class each (repeat; --dinotxt)")
+    b.add_argument("--vocab", default=None, help=VOCAB_HELP)
     b.add_argument("--output", required=True, help="prototypes file (.safetensors)")
     b.add_argument("--masks", default=None, help="folder of masks named <image stem>.png (white = class region)")
     b.add_argument("--size", type=non_negative_int, default=448, help="shorter side in px (0: native)")
@@ -594,6 +662,7 @@ def _add_prototypes(sub) -> None:
     a.add_argument("--output", required=True, help="output folder (a PNG and an .npz per image)")
     a.add_argument("--threshold", type=finite_float, default=None, help="OOD threshold (default: the calibrated one)")
     a.add_argument("--backbone", default=None, help="default: the backbone the prototypes were built with")
+    a.add_argument("--dinotxt", default=None, help="text prototypes: the dino.txt file (default: the one recorded)")
     _compute_options(a)
     a.set_defaults(func=_prototypes_apply)
 
@@ -602,6 +671,12 @@ def _prototypes_build(args) -> int:
     from .models import backbone_from_spec
     from .tools.prototypes import build_prototypes
 
+    if args.prompt or args.dinotxt:
+        return _prototypes_from_text(args)
+    if args.source is None:
+        raise UserError("give labelled images (SOURCE), or text prompts: --dinotxt CKPT --prompt TEXT …")
+    if args.vocab:
+        raise UserError("--vocab belongs to text prototypes (--dinotxt with --prompt)")
     model = backbone_from_spec(args.backbone)
     protos = build_prototypes(model, args.source, args.masks, args.size or None, args.per_class,
                               batch_size=args.batch_size, device=args.device, dtype=args.dtype)  # fmt: skip
@@ -612,12 +687,28 @@ def _prototypes_build(args) -> int:
     return 0
 
 
+def _prototypes_from_text(args) -> int:
+    from .tools.prototypes import text_prototypes
+
+    if not (args.dinotxt and args.prompt):
+        raise UserError("text prototypes need both --dinotxt CKPT and at least one --prompt TEXT")
+    if args.source is not None or args.masks or args.per_class != 1:
+        raise UserError("text prototypes come from --prompt alone: drop SOURCE, --masks and --per-class")
+    model = _dinotxt(args.dinotxt, _backbone(args.backbone, 0), args.vocab)
+    protos = text_prototypes(model, args.prompt, args.size or None)
+    protos.meta.update(backbone=args.backbone, dinotxt=str(Path(args.dinotxt).expanduser().resolve()))
+    protos.save(args.output)
+    print(f"wrote {args.output}: {len(protos.names)} text prototypes ({', '.join(protos.names)}) in the dino.txt patch "
+          "space; no calibrated OOD threshold (pass --threshold to `prototypes apply` for a mask)")  # fmt: skip
+    return 0
+
+
 def _prototypes_apply(args) -> int:
     import numpy as np
 
     from .data.images import decode_image
     from .models import backbone_from_spec
-    from .tools.prototypes import Prototypes, apply_prototypes_to_images, render_result
+    from .tools.prototypes import DINOTXT_SPACE, Prototypes, apply_prototypes_to_images, render_result
     from .tools.viz import save_png
 
     protos = Prototypes.load(args.prototypes)
@@ -625,6 +716,11 @@ def _prototypes_apply(args) -> int:
     if not spec:
         raise UserError("the prototypes file does not record its backbone; pass --backbone")
     model = backbone_from_spec(spec)
+    if protos.space == DINOTXT_SPACE or args.dinotxt:  # the space is checked against the model when applied
+        ckpt = args.dinotxt or protos.meta.get("dinotxt")
+        if not ckpt:
+            raise UserError("these text prototypes do not record their dino.txt file; pass --dinotxt")
+        model = _dinotxt(ckpt, model, need_vocab=False)  # the prompts are already embedded: no tokenizer needed
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     images = (decode_image(path) for path in args.images)  # decoded as the batches need them
@@ -635,8 +731,12 @@ def _prototypes_apply(args) -> int:
         save_png(render_result(result, len(protos.names)), out / f"{stem}.png")
         arrays = {k: np.asarray(v) for k, v in result.items() if k != "shown"}
         np.savez_compressed(out / f"{stem}.npz", classes=np.array(protos.names), **arrays)
-        share = float(result["ood_mask"].float().mean())
-        print(f"{path}: {share:.1%} of patches out of distribution → {out / (stem + '.png')}")
+        if "ood_mask" in result:
+            share = float(result["ood_mask"].float().mean())
+            print(f"{path}: {share:.1%} of patches out of distribution → {out / (stem + '.png')}")
+        else:
+            print(f"{path}: class map and scores (no OOD threshold: pass --threshold for a mask) → "
+                  f"{out / (stem + '.png')}")  # fmt: skip
     return 0
 
 

@@ -13,6 +13,13 @@ classes score a little higher, so set the threshold on a held-out image where fa
 Masks given in pixels are reduced to the patch grid by coverage: a patch belongs to the region when at least
 half of its pixels do.
 
+Text prototypes (dino.txt): `text_prototypes` makes one prototype per text prompt, the L2-normalised patch half
+of its dino.txt text embedding. They live in the dino.txt head's patch space, not the backbone's, so the file
+records the space (`meta["space"]`: "backbone" or "dinotxt_patches", absent = backbone) and `apply` compares them
+with `DinoTxt.encode_patches` tokens, refusing a model of the other space (the released head and backbone are
+both 1024 wide, so the width alone would not tell). No patches were seen, so there is no calibrated threshold:
+`apply` gives the class map and scores, and the OOD mask only with an explicit threshold.
+
 Building and applying run the backbone with the tools' compute settings (`compute.py`: device, dtype, images
 per batch, grouped by shape); `apply_prototypes_to_images` streams results for long image lists.
 """
@@ -36,7 +43,9 @@ from ..data.transforms import model_mean_std
 from ..errors import UserError
 from .compute import chunks, image_features, place
 from .extract import Preprocess
-from .viz import colormap, grid_canvas, prepare_images, to_uint8
+from .viz import colormap, dinotxt_patch_maps, grid_canvas, prepare_images, text_patch_embeddings, to_uint8
+
+BACKBONE_SPACE, DINOTXT_SPACE = "backbone", "dinotxt_patches"  # what `meta["space"]` of a prototypes file says
 
 
 def mask_to_patches(mask: torch.Tensor, grid: tuple[int, int], min_fraction: float = 0.5) -> torch.Tensor:
@@ -122,6 +131,11 @@ class Prototypes:
         """`1 − max_k cos(patch, prototype_k)`, `[...]`."""
         return 1 - self.similarities(patch_map).max(-1).values
 
+    @property
+    def space(self) -> str:
+        """The feature space of the prototypes: `"backbone"` (patch tokens) or `"dinotxt_patches"` (dino.txt)."""
+        return self.meta.get("space", BACKBONE_SPACE)
+
     def ood_mask(self, patch_map: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
         """Patches whose OOD score exceeds `threshold` (default: the calibrated one)."""
         t = self.threshold if threshold is None else threshold
@@ -193,6 +207,41 @@ def build_prototypes(
     return protos
 
 
+def text_prototypes(model, prompts: list[str] | tuple[str, ...], size: int | None = 448) -> Prototypes:
+    """One prototype per text prompt (named by it): the L2-normalised patch half of its dino.txt text embedding, in
+    the head's patch space (`meta["space"] = "dinotxt_patches"`). `model`: a `DinoTxt` with a tokenizer; `size`: the
+    shorter side `apply` resizes images to."""
+    if not prompts:
+        raise UserError("text prototypes need at least one prompt")
+    if len(set(prompts)) != len(prompts):
+        raise UserError("the prompts must differ from each other (each one names a class)")
+    vectors = text_patch_embeddings(model, prompts)  # [P, E/2]
+    protos = Prototypes(vectors.shape[1], 1)
+    protos.names, protos.counts = list(prompts), [0] * len(prompts)
+    protos._vectors, protos.owner = vectors, torch.arange(len(prompts))
+    protos.meta = {"size": size, "space": DINOTXT_SPACE}
+    return protos
+
+
+def _check_space(model, protos: Prototypes) -> bool:
+    """Whether `model` is a dino.txt model, after checking that it computes the prototypes' feature space."""
+    is_dinotxt = hasattr(model, "encode_patches")
+    if protos.space not in (BACKBONE_SPACE, DINOTXT_SPACE):
+        raise UserError(f"unknown prototype feature space {protos.space!r}")
+    if is_dinotxt != (protos.space == DINOTXT_SPACE):
+        raise UserError("these prototypes live in the dino.txt head's patch space: apply them with the dino.txt model "
+                        "(--dinotxt)" if protos.space == DINOTXT_SPACE else "these prototypes were built from backbone "
+                        "patch features: apply them with the backbone alone, not the dino.txt model")  # fmt: skip
+    if protos.vectors.shape[1] != _width(model, is_dinotxt):
+        raise UserError(f"the prototypes have width {protos.vectors.shape[1]}, the model's patch features "
+                        f"{_width(model, is_dinotxt)}: use the model they were built with")  # fmt: skip
+    return is_dinotxt
+
+
+def _width(model, is_dinotxt: bool) -> int:
+    return model.embed_dim // 2 if is_dinotxt else model.embed_dim
+
+
 PALETTE = torch.tensor(  # class colours for label maps
     [[0.12, 0.47, 0.71], [1.0, 0.5, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16], [0.58, 0.4, 0.74],
      [0.55, 0.34, 0.29], [0.89, 0.47, 0.76], [0.5, 0.5, 0.5], [0.74, 0.74, 0.13], [0.09, 0.75, 0.81]]
@@ -205,16 +254,25 @@ def apply_prototypes_to_images(
 ) -> Iterator[dict[str, torch.Tensor | np.ndarray]]:  # fmt: skip
     """`apply_prototypes` over many images, lazily: images are read from the iterable `batch_size` at a time,
     run through the backbone batched by shape (on `device`, in `dtype`), and one result per image is yielded in
-    order — so a long list never sits in memory."""
+    order — so a long list never sits in memory. Prototypes of the dino.txt patch space (`text_prototypes`) need the
+    `DinoTxt` model (its `encode_patches` tokens); without a threshold (given or calibrated) there is no `ood_mask`."""
+    is_dinotxt = _check_space(model, protos)
+    masked = threshold is not None or protos.threshold is not None
     device, compute = place(model.eval(), device, dtype)
+    backbone = model.visual_model.backbone if is_dinotxt else model
     for chunk in chunks(images, batch_size):
-        inputs = prepare_images(model, chunk, protos.meta.get("size"))  # preprocessed as when built
-        feats = image_features(model, [x for x, _ in inputs], device, compute, batch_size)
-        for (_, shown), f in zip(inputs, feats):
-            patch_map = f["patches"]  # [h, w, D]
+        inputs = prepare_images(backbone, chunk, protos.meta.get("size"))  # preprocessed as when built
+        xs = [x for x, _ in inputs]
+        if is_dinotxt:
+            maps = dinotxt_patch_maps(model, xs, batch_size, device, dtype)
+        else:
+            maps = [f["patches"] for f in image_features(model, xs, device, compute, batch_size)]
+        for (_, shown), patch_map in zip(inputs, maps):  # patch_map [h, w, D]
             labels, best = protos.classify(patch_map)
-            yield {"labels": labels, "similarity": best, "ood_score": 1 - best,
-                   "ood_mask": protos.ood_mask(patch_map, threshold), "shown": shown}  # fmt: skip
+            result = {"labels": labels, "similarity": best, "ood_score": 1 - best, "shown": shown}
+            if masked:
+                result["ood_mask"] = protos.ood_mask(patch_map, threshold)
+            yield result
 
 
 def apply_prototypes(
@@ -227,12 +285,14 @@ def apply_prototypes(
 
 
 def render_result(result: dict, num_classes: int = 2) -> np.ndarray:
-    """Input | class map (if several classes) | OOD score | input with the OOD mask in red, as one uint8
-    picture `[H, W, 3]`."""
+    """Input | class map (if several classes) | OOD score | input with the OOD mask in red (when there is one), as
+    one uint8 picture `[H, W, 3]`."""
     shown = result["shown"]
     size = shown.shape[:2]
     classes = to_uint8(PALETTE[result["labels"] % len(PALETTE)], size)
     score = to_uint8(colormap(result["ood_score"], 0.0, max(float(result["ood_score"].max()), 1e-6)), size)
+    if "ood_mask" not in result:
+        return grid_canvas([[shown, classes, score] if num_classes > 1 else [shown, score]])
     mask = F.interpolate(result["ood_mask"].float()[None, None], size=size)[0, 0].bool().numpy()  # [H, W]
     overlay = shown.copy()
     overlay[mask] = (0.5 * overlay[mask] + [127, 0, 0]).astype(np.uint8)

@@ -10,6 +10,8 @@
 - `similarity_map`: cosine similarity of one query point's feature (bilinear on the patch grid) to every patch
   of the same or another image.
 - `attention_maps`: the last block's attention from CLS to every patch, per head.
+- `render_text_similarity` (dino.txt): per image, the cosine similarity of each head patch token to the patch half
+  of each text prompt's embedding, one panel per prompt.
 
 `render_pca`, `render_similarity` and `render_attention` run a backbone on images and return the picture as a
 uint8 array `[H, W, 3]`, which `dinokit viz` saves as PNG. They take the tools' compute settings (`compute.py`):
@@ -286,6 +288,71 @@ def render_attention(
     for (_, shown), attn in zip(inputs, maps):
         panels = [attn.mean(0)] + list(attn)
         rows.append([shown] + [to_uint8(colormap(a), shown.shape[:2]) for a in panels])
+    return grid_canvas(rows)
+
+
+# ------------------------------------------------------------------------------------- dino.txt: text prompts
+def text_patch_embeddings(model, prompts: Sequence[str]) -> torch.Tensor:
+    """Unit vectors `[P, E/2]`: the patch half of each prompt's dino.txt text embedding (the part aligned with
+    `encode_patches`, as the released segmentation notebook uses it), L2-normalised. Needs the model's tokenizer."""
+    if not prompts:
+        raise UserError("no text prompts")
+    with torch.inference_mode():
+        text = model.encode_text(model.tokenize(list(prompts))).float()  # [P, E]
+    return F.normalize(text[:, text.shape[1] // 2 :], dim=-1).cpu()
+
+
+def dinotxt_patch_maps(
+    model, inputs: Sequence[torch.Tensor], batch_size: int = 8, device=None, dtype: str = "fp32"
+) -> list[torch.Tensor]:
+    """dino.txt head patch tokens `[h, w, E/2]` (float32, CPU; `encode_patches`) of normalised inputs, batched by
+    shape on `device`."""
+    device, compute = place(model.eval(), device, dtype)
+    maps: list[torch.Tensor] = [torch.empty(0)] * len(inputs)
+    for group in same_shape_groups(inputs):
+        for part in chunks(group, batch_size):
+            with torch.inference_mode(), autocast(device, compute):
+                out = model.encode_patches(torch.stack([inputs[i] for i in part]).to(device))  # [b, h, w, E/2]
+            for j, i in enumerate(part):
+                maps[i] = out[j].float().cpu()
+    return maps
+
+
+def text_similarity(patch_map: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each patch `[h, w, D]` to each unit text vector `[P, D]` → `[P, h, w]`."""
+    return torch.einsum("hwd,pd->phw", F.normalize(patch_map.float(), dim=-1), text.float())
+
+
+def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+    """A copy of `panel` with `title` written in its top-left corner (white on a dark box)."""
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.fromarray(panel)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, top, right, bottom = draw.textbbox((4, 3), title, font=font)
+    draw.rectangle((left - 3, top - 2, right + 3, bottom + 2), fill=(0, 0, 0))
+    draw.text((4, 3), title, fill=(255, 255, 255), font=font)
+    return np.asarray(img)
+
+
+def render_text_similarity(
+    model, images: Sequence[torch.Tensor], prompts: Sequence[str], size: int | None = 448, *, batch_size: int = 8,
+    device: str | torch.device | None = None, dtype: str = "fp32",
+) -> np.ndarray:  # fmt: skip
+    """dino.txt: one row per image, the input | one panel per prompt: the cosine similarity of each head patch token
+    to the patch half of the prompt's text embedding, upsampled (bilinear) over the image, in one colour range
+    shared by all panels (so prompts and images compare). `model` is a `DinoTxt` with a tokenizer."""
+    text = text_patch_embeddings(model, prompts)  # [P, E/2]; a missing tokenizer fails before any image work
+    inputs = prepare_images(model.visual_model.backbone, images, size)
+    maps = dinotxt_patch_maps(model, [x for x, _ in inputs], batch_size, device, dtype)
+    sims = [text_similarity(m, text) for m in maps]  # [P, h, w] each
+    lo, hi = min(float(s.min()) for s in sims), max(float(s.max()) for s in sims)
+    rows = []
+    for (_, shown), sim in zip(inputs, sims):
+        up = F.interpolate(sim[None], size=shown.shape[:2], mode="bilinear", align_corners=False)[0]  # [P, H, W]
+        panels = [_titled(to_uint8(colormap(s, lo, hi)), p) for s, p in zip(up, prompts)]
+        rows.append([shown, *panels])
     return grid_canvas(rows)
 
 
