@@ -374,6 +374,10 @@ def _add_data(sub) -> None:
     q.add_argument("--duplicates", type=finite_float, default=0.0, metavar="FRACTION",
                    help="fraction of the pretrain pool, in [0, 1), that are planted near-duplicates: edited copies "
                    "of earlier pool images, listed in pretrain.json (default 0)")  # fmt: skip
+    q.add_argument("--captions", action="store_true",
+                   help="also write a same-named .txt caption (material, shape, tone) beside every classify/ image "
+                   "and pretrain/ object image, and captions_vocab.txt, a BPE vocabulary for them "
+                   "(dino.txt training)")  # fmt: skip
     q.set_defaults(func=_data_synth)
 
 
@@ -386,7 +390,8 @@ def _data_synth(args) -> int:
         raise UserError(f"--long-tail must be a Zipf exponent ≥ 0, got {args.long_tail:g}")
     if not 0 <= args.duplicates < 1:
         raise UserError(f"--duplicates must be a fraction in [0, 1), got {args.duplicates:g}")
-    config = SynthConfig(size=args.size, long_tail=args.long_tail, duplicates=args.duplicates).scaled(args.scale)
+    config = SynthConfig(size=args.size, long_tail=args.long_tail, duplicates=args.duplicates,
+                         captions=args.captions).scaled(args.scale)  # fmt: skip
     try:
         out = write_synthetic(args.output, args.seed, config, workers=args.workers)
     except FileExistsError as e:
@@ -449,7 +454,7 @@ def _train(args) -> int:
 
     import torch
 
-    from .config import load_train_config, to_dict
+    from .config import DinoTxtRunConfig, load_train_config, to_dict
     from .train import distributed
     from .train.loop import train
 
@@ -468,7 +473,12 @@ def _train(args) -> int:
         run = train(cfg, resume=args.resume)
     finally:
         distributed.shutdown()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if isinstance(cfg, DinoTxtRunConfig):  # a text-alignment run
+        print(f"run folder: {run} (dino.txt weights: {run / 'dinotxt.pth'}; load_dinotxt(..., backbone="
+              f"{cfg.dinotxt.backbone!r}, vocab=<the vocabulary file in the run folder>))")
+    else:
         made = [run / "teacher_backbone"] if cfg.distill is None else [run / "students" / s.name / "backbone"
                                                                         for s in cfg.distill.students]  # fmt: skip
         print(f"run folder: {run} (backbones: {', '.join(map(str, made))})")

@@ -4,6 +4,7 @@ the schema (`schema.py`: `PretrainConfig` and its sections) and the recipes ship
 
 from ..errors import ConfigError
 from ..ssl.schedules import CurveConfig
+from .dinotxt import DinoTxtRunConfig
 from .machinery import changed_keys, from_dict, load_config, parse_overrides, save_config, to_dict
 from .recipes import find_recipe, load_train_config, recipe_names
 from .schema import (
@@ -32,5 +33,5 @@ __all__ = [
     "to_dict", "find_recipe", "load_train_config", "recipe_names", "CheckpointConfig", "CropsConfig", "DataConfig",
     "EvalConfig", "HeadConfig", "InitConfig", "KnnEvalConfig", "LossesConfig", "MaskingConfig", "ModelConfig",
     "MonitorConfig", "OptimConfig", "PretrainConfig", "ResolutionConfig", "TeacherConfig", "TrainConfig",
-    "DistillConfig", "StudentConfig",
+    "DistillConfig", "StudentConfig", "DinoTxtRunConfig",
 ]  # fmt: skip

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from .dinotxt import DinoTxtRunConfig
 from .machinery import load_config, parse_overrides, read_yaml, to_dict
 from .schema import PretrainConfig
 
@@ -48,9 +49,12 @@ def find_recipe(name: str | os.PathLike) -> Path:
                       f"{found[0].parent.name}/{stem}")  # fmt: skip
 
 
-def load_train_config(config: str | os.PathLike | None, overrides=()) -> PretrainConfig:
-    """defaults (or, with `init.run`, that run's configuration) ← recipe ← `key=value` overrides."""
+def load_train_config(config: str | os.PathLike | None, overrides=()) -> PretrainConfig | DinoTxtRunConfig:
+    """defaults (or, with `init.run`, that run's configuration) ← recipe ← `key=value` overrides. A recipe or
+    command line with a top-level `dinotxt` section is a text-alignment run (`DinoTxtRunConfig`)."""
     path = find_recipe(config) if config is not None else None
+    if _is_dinotxt(path, overrides):
+        return load_config(DinoTxtRunConfig, path, overrides)
     run = _init_run(path, overrides)
     if run is None:
         return load_config(PretrainConfig, path, overrides)
@@ -68,6 +72,12 @@ def load_train_config(config: str | os.PathLike | None, overrides=()) -> Pretrai
             "differ): a stage continues the run's model, so leave model.* as the run had it"
         )
     return cfg
+
+
+def _is_dinotxt(path: Path | None, overrides) -> bool:
+    if any(keys[0] == "dinotxt" for keys, _ in parse_overrides(overrides)):
+        return True
+    return path is not None and "dinotxt" in read_yaml(path)
 
 
 def _init_run(path: Path | None, overrides) -> str | None:

@@ -59,6 +59,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .captions import CAPTION_STREAM, CAPTIONS_README, VOCAB_FILE, caption, write_vocabulary
+
 MATERIALS = ("stripes", "bars", "checker", "dots", "rings", "grid", "chevron", "bricks", "diamonds", "blobs")
 GROUND, WALL = len(MATERIALS), len(MATERIALS) + 1  # segmentation classes of the background
 SEG_CLASSES = (*MATERIALS, "ground", "wall")
@@ -87,6 +89,7 @@ class SynthConfig:
     distractors: int = 40
     long_tail: float | None = None  # Zipf exponent of the pretraining pool's materials (None: today's mixed pool)
     duplicates: float = 0.0  # fraction of the pretraining pool that are edited copies of earlier pool images
+    captions: bool = False  # a same-named .txt caption beside every object image (`captions.py`), + captions_vocab.txt
 
     def __post_init__(self) -> None:
         if self.long_tail is not None and not (math.isfinite(self.long_tail) and self.long_tail >= 0):
@@ -112,10 +115,12 @@ class SynthConfig:
             del d["long_tail"]
         if self.duplicates == 0:
             del d["duplicates"]
+        if not self.captions:
+            del d["captions"]
         return d
 
 
-NOT_COUNTS = ("size", "views", "long_tail", "duplicates")
+NOT_COUNTS = ("size", "views", "long_tail", "duplicates", "captions")
 DEFAULT_LONG_TAIL = 1.5  # `--long-tail` given bare
 
 
@@ -219,6 +224,7 @@ class Scene:
     image: np.ndarray  # [H, W, 3] float32 in [0, 1]
     labels: np.ndarray  # [H, W] uint8 segmentation classes (IGNORE on boundaries)
     depth: np.ndarray  # [H, W] float32 metres
+    shape: str | None = None  # object images: the cut-out shape of the main card (for captions)
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -331,7 +337,9 @@ def object_scene(rng: np.random.Generator, size: int, material: int) -> Scene:
     centre = CAMERA_HEIGHT - (size / 2 - horizon) * main.depth / size  # height in the world of the image centre
     main.lift = max(centre - main.height / 2 + rng.uniform(-0.1, 0.1), 0.0)
     plain = [_card(rng, size, -1, 3.5, 6.0, (0.5, 1.2), (0.1, 0.9)) for _ in range(rng.integers(0, 3))]
-    return render_scene(rng, size, size, float(size), [main, *plain], horizon)
+    scene = render_scene(rng, size, size, float(size), [main, *plain], horizon)
+    scene.shape = main.shape
+    return scene
 
 
 def dense_scene(rng: np.random.Generator, height: int, width: int, focal: float, cards=(3, 6)) -> Scene:
@@ -470,9 +478,10 @@ def pool_plan(seed: int, config: SynthConfig) -> list[dict]:
     return plan
 
 
-def _pretrain_image(seed: int, size: int, index: int, material: int | None) -> tuple[np.ndarray, int | None]:
+def _pretrain_image(seed: int, size: int, index: int, material: int | None, captions: bool = False):
     """Pretraining image `index` as uint8, and its material (None for a cluttered scene). `material` None: the
-    default pool, three object images to one cluttered scene, like an uncurated pile."""
+    default pool, three object images to one cluttered scene, like an uncurated pile. With `captions` also the
+    caption of an object image (None for a scene)."""
     rng = _rng(seed, PARTS.index("pretrain"), index)
     if material is None:
         if index % 4:
@@ -482,7 +491,11 @@ def _pretrain_image(seed: int, size: int, index: int, material: int | None) -> t
             scene = dense_scene(rng, size, size, float(size), cards=(4, 8))
     else:
         scene = object_scene(rng, size, material)
-    return (np.clip(scene.image, 0, 1) * 255 + 0.5).astype(np.uint8), material
+    image = (np.clip(scene.image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if not captions:
+        return image, material
+    text = None if material is None else caption(scene, material, _caption_rng(seed, "pretrain", index))
+    return image, material, text
 
 
 def near_duplicate(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
@@ -525,31 +538,48 @@ def near_duplicate(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndar
     return np.asarray(pil), edits
 
 
-def _job(root: Path, seed: int, size: int, part: str, index: int, arg) -> dict | None:
+def _caption_rng(seed: int, part: str, index: int) -> np.random.Generator:
+    """The captions' own generator (the images' generators are untouched, so pixels do not depend on captions)."""
+    return np.random.default_rng([seed, PARTS.index(part), index, CAPTION_STREAM])
+
+
+def _write_caption(path: Path, text: str | None) -> None:
+    if text is not None:
+        path.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+
+
+def _job(root: Path, seed: int, size: int, part: str, index: int, arg, captions: bool = False) -> dict | None:
     """Render and write one item; returns what the manifests need to know about it."""
     if part == "pretrain":
+        if arg is None and captions:  # the same images, and a caption beside each object image
+            image, _, text = _pretrain_image(seed, size, index, None, captions=True)
+            _save(image, root / "pretrain" / f"{index:06d}.png")
+            _write_caption(root / "pretrain" / f"{index:06d}.png", text)
+            return None
         if arg is None:  # the default pool: three object images to one cluttered scene, like an uncurated pile
             image, _ = _pretrain_image(seed, size, index, None)
             _save(image, root / "pretrain" / f"{index:06d}.png")
             return None
         # a long-tailed pool and/or planted duplicates: arg is this image's entry of pool_plan
         record: dict = {"name": f"{index:06d}.png", "material": None}
-        if arg["copy_of"] is None:
-            image, material = _pretrain_image(seed, size, index, arg["material"])
-        else:  # render the original again (its own generator: the same pixels) and edit it with ours
-            original, material = _pretrain_image(seed, size, arg["copy_of"], arg["material"])
-            image, edits = near_duplicate(original, _rng(seed, PARTS.index("pretrain"), index))
+        source = index if arg["copy_of"] is None else arg["copy_of"]
+        image, material, *text = _pretrain_image(seed, size, source, arg["material"], captions)
+        if arg["copy_of"] is not None:  # the original rendered again (its own generator: the same pixels), edited
+            image, edits = near_duplicate(image, _rng(seed, PARTS.index("pretrain"), index))
             record.update(copy_of=f"{arg['copy_of']:06d}.png", edits=edits)
         record["material"] = None if material is None else MATERIALS[material]
         _save(image, root / "pretrain" / f"{index:06d}.png")
+        if text:  # a copy keeps its original's caption
+            _write_caption(root / "pretrain" / f"{index:06d}.png", text[0])
         return record
     rng = _rng(seed, PARTS.index(part), index)
     if part == "classify":
         split, material = arg
-        _save(
-            object_scene(rng, size, material).image,
-            root / "classify" / split / MATERIALS[material] / f"{index:06d}.png",
-        )
+        scene = object_scene(rng, size, material)
+        path = root / "classify" / split / MATERIALS[material] / f"{index:06d}.png"
+        _save(scene.image, path)
+        if captions:
+            _write_caption(path, caption(scene, material, _caption_rng(seed, part, index)))
         return None
     if part == "dense":
         seg_split, depth_split = arg
@@ -640,7 +670,7 @@ def write_synthetic(
     for d in _folders(config):
         (tmp / d).mkdir(parents=True, exist_ok=True)
     workers = workers or min(os.cpu_count() or 1, 8)
-    jobs = [(tmp, seed, config.size, part, i, arg) for part, i, arg in tasks]
+    jobs = [(tmp, seed, config.size, part, i, arg, config.captions) for part, i, arg in tasks]
     bar = dict(total=len(jobs), desc="synthetic images", unit="item", disable=not progress)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -652,6 +682,8 @@ def write_synthetic(
         (tmp / "pretrain.json").write_text(json.dumps(_pool_manifest(seed, config, results[: config.pretrain])))
     (tmp / "manifest.json").write_text(json.dumps({**manifest, "classes": list(MATERIALS)}, indent=2))
     (tmp / "README.md").write_text(_readme(seed, config))
+    if config.captions:
+        write_vocabulary(tmp / VOCAB_FILE)
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
@@ -719,6 +751,7 @@ def _pool_readme(c: SynthConfig) -> str:
 def _readme(seed: int, c: SynthConfig) -> str:
     options = f" --long-tail {c.long_tail:g}" if c.long_tail is not None else ""
     options += f" --duplicates {c.duplicates:g}" if c.duplicates else ""
+    options += " --captions" if c.captions else ""
     return f"""# dinokit synthetic benchmark (seed {seed})
 
 Written by `dinokit data synth` (dinokit/data/synthetic.py explains the world and why a random network cannot
@@ -735,5 +768,5 @@ Classes (materials): {", ".join(MATERIALS)}.
 - retrieval/retrieval.json + retrieval/images/: queries with positives and junk, a gallery with distractors
   (retrieval).
 
-Regenerate: `dinokit data synth OUT --seed {seed} --size {c.size}{options}`.
+{CAPTIONS_README if c.captions else ""}Regenerate: `dinokit data synth OUT --seed {seed} --size {c.size}{options}`.
 """

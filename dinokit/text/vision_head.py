@@ -11,7 +11,10 @@ SDPA, as many heads as the backbone), a final LayerNorm, an optional linear proj
 model). Image embedding = [head CLS ‖ mean (or max) of the head patch tokens]; registers feed the attention but
 not the pooling. Parameter names are the released ones under `visual_model.head.`.
 
-Deviation: drop path (0.3 in the released training) is not built: this module is for inference.
+Training (`dinokit/train/dinotxt.py`) builds the head with `drop_path` (0.3 as released): in training mode each
+residual branch then runs on a random subset of `max(int(B·(1 − rate)), 1)` samples of the batch and is added
+back scaled by B / subset, the released `drop_add_residual_stochastic_depth`; in eval mode, or at rate 0, the
+forward is the plain one.
 """
 
 from __future__ import annotations
@@ -40,9 +43,19 @@ class SelfAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, D))  # [B, N, D]
 
 
+def subset_residual(x: torch.Tensor, branch, rate: float) -> torch.Tensor:
+    """`x + branch(x)` computed on a random subset of the batch (stochastic depth as released), scaled up."""
+    b = x.shape[0]
+    keep = max(int(b * (1 - rate)), 1)
+    idx = torch.randperm(b, device=x.device)[:keep]
+    return torch.index_add(x, 0, idx, branch(x[idx]).to(x.dtype), alpha=b / keep)
+
+
 class HeadBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, hidden: int, layer_scale: bool = True, qkv_bias: bool = False):
+    def __init__(self, dim: int, num_heads: int, hidden: int, layer_scale: bool = True, qkv_bias: bool = False,
+                 drop_path: float = 0.0):  # fmt: skip
         super().__init__()
+        self.drop_path = drop_path
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn = SelfAttention(dim, num_heads, qkv_bias)
         self.ls1 = LayerScale(dim) if layer_scale else nn.Identity()
@@ -51,6 +64,9 @@ class HeadBlock(nn.Module):
         self.ls2 = LayerScale(dim) if layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.drop_path > 0:
+            x = subset_residual(x, lambda t: self.ls1(self.attn(self.norm1(t))), self.drop_path)
+            return subset_residual(x, lambda t: self.ls2(self.mlp(self.norm2(t))), self.drop_path)
         x = x + self.ls1(self.attn(self.norm1(x)))  # [B, 1 + R + h·w, D]
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -59,9 +75,10 @@ class VisionHead(nn.Module):
     """Backbone tokens `[B, 1 + R + h·w, D]` → head tokens `[B, 1 + R + h·w, E/2]`."""
 
     def __init__(self, dim: int, num_heads: int, n_blocks: int, hidden: int, out_dim: int | None = None,
-                 layer_scale: bool = True, qkv_bias: bool = False):  # fmt: skip
+                 layer_scale: bool = True, qkv_bias: bool = False, drop_path: float = 0.0):  # fmt: skip
         super().__init__()
-        self.blocks = nn.ModuleList(HeadBlock(dim, num_heads, hidden, layer_scale, qkv_bias) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(HeadBlock(dim, num_heads, hidden, layer_scale, qkv_bias, drop_path)
+                                    for _ in range(n_blocks))  # fmt: skip
         self.ln_final = nn.LayerNorm(dim, eps=LN_EPS) if n_blocks else nn.Identity()
         self.linear_projection = nn.Linear(dim, out_dim, bias=False) if out_dim else nn.Identity()
 

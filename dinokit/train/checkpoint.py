@@ -91,10 +91,10 @@ def read_checkpoint_file(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_latest(directory: Path) -> tuple[Path, dict] | None:
+def load_latest(directory: Path, required: tuple[str, ...] = REQUIRED) -> tuple[Path, dict] | None:
     """The newest checkpoint that matches its digest and loads, or None when there is none; a UserError when there
     are some but none loads (starting afresh would overwrite the evidence and the user's expectation of a
-    resumed run)."""
+    resumed run). `required`: the entries a checkpoint of this kind of run holds."""
     files = checkpoint_files(directory)
     for path in reversed(files):
         damage = file_problem(path)
@@ -107,7 +107,7 @@ def load_latest(directory: Path) -> tuple[Path, dict] | None:
             reason = str(e).split(". ")[0].strip()  # torch's first sentence; the rest is generic advice
             log.warning("checkpoint %s cannot be read (%s); trying an older one", path, reason)
             continue
-        missing = [k for k in REQUIRED if k not in state] if isinstance(state, dict) else list(REQUIRED)
+        missing = [k for k in required if k not in state] if isinstance(state, dict) else list(required)
         if missing:
             log.warning("%s is not a training checkpoint (no %s); trying an older one", path, ", ".join(missing))
             continue

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..atomic import remove_stale_temporaries
-from ..config import PretrainConfig, changed_keys, save_config, to_dict
+from ..config import DinoTxtRunConfig, PretrainConfig, changed_keys, save_config, to_dict
 from ..data.stream import SSLStream
 from ..errors import UserError
 from ..models import save_backbone
@@ -60,6 +60,10 @@ EvalFn = Callable[[nn.Module, int], dict[str, float]]
 def train(cfg: PretrainConfig, resume: bool = False, eval_fn: EvalFn | None = None) -> Path:
     """Train (or continue training) as configured; returns the run folder. The run holds its folder's lock
     (`run_lock.py`) from start to end: a second run into the same folder is refused."""
+    if isinstance(cfg, DinoTxtRunConfig):  # text alignment on a frozen backbone: `dinotxt.py`
+        from .dinotxt import train_dinotxt
+
+        return train_dinotxt(cfg, resume)
     cfg.validate()
     info = D.init_distributed()
     with RunLock(Path(cfg.output_dir), enabled=info.is_main):
