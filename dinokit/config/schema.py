@@ -31,6 +31,20 @@ class DataConfig:
 
 
 @dataclass
+class ColourConfig:
+    """The colour distortion of every crop (released: ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, grey with p 0.2).
+    On images whose colours are saturated and unrelated to what they show, a short run tells images apart by colour
+    first; stronger jitter (saturation, hue up to 0.5: any hue) and more grey crops take that cue away."""
+
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1  # at most 0.5 (a half turn either way: any hue)
+    grayscale_p: float = 0.2
+
+
+@dataclass
 class CropsConfig:
     """Multi-crop (DINOv2 §3, the released configurations). Sizes: multiples of the patch size (learned pos-embeds)."""
 
@@ -43,6 +57,7 @@ class CropsConfig:
     # 0.9, locals 0.5); "intended": the values the released code meant (1.0 / 0.1 / 0.5). Solarize 0.2 on global-2.
     probabilities: Literal["released", "intended"] = "released"
     hflip: float = 0.5  # probability of a horizontal flip per crop (DINOv3's 7B recipe: 0)
+    colour: ColourConfig = field(default_factory=ColourConfig)
     # DINOv3's high-resolution stage: one entry is drawn per batch by its ratio (identical on every rank); each sets
     # the global and local crop sizes and the Gram teacher's crop size of that batch. Empty: the sizes above.
     resolutions: list[ResolutionConfig] = field(default_factory=list)
@@ -336,6 +351,9 @@ class PretrainConfig:
             ("teacher.warmup_temp_steps", t.warmup_temp_steps, ">= 0", t.warmup_temp_steps >= 0),
             ("masking.min_aspect", self.masking.min_aspect, "> 0", self.masking.min_aspect > 0),
             ("crops.hflip", self.crops.hflip, "in [0, 1]", 0 <= self.crops.hflip <= 1),
+            *((f"crops.colour.{k}", getattr(self.crops.colour, k), "in [0, 1]", 0 <= getattr(self.crops.colour, k) <= 1)
+              for k in ("jitter_p", "grayscale_p", "brightness", "contrast", "saturation")),
+            ("crops.colour.hue", self.crops.colour.hue, "in [0, 0.5]", 0 <= self.crops.colour.hue <= 0.5),
         ]
         heads = {"model.dino_head": self.model.dino_head, "model.ibot_head": self.model.ibot_head}
         for name, head in ((n, h) for n, h in heads.items() if h is not None):

@@ -2,10 +2,11 @@
 
 Each image gives 2 global crops (RandomResizedCrop scale (0.32, 1), bicubic) and `local_number` local crops
 (scale (0.05, 0.32)), each flipped with p 0.5, colour-jittered (0.4, 0.4, 0.2, 0.1) with p 0.8, turned grey
-with p 0.2, then blurred (kernel 9, sigma U(0.1, 2)) and, for global crop 2, solarised (p 0.2), and finally
-normalised. The teacher sees the same global crops as the student. Extra crop sets (DINOv3's Gram teacher crops)
-cover the same regions as the global crops, flipped alike but without colour distortion, blur or solarisation,
-at their own size. Sizes can be given per batch (the high-resolution stage draws them batch by batch).
+with p 0.2 (these colour settings are `crops.colour`), then blurred (kernel 9, sigma U(0.1, 2)) and, for global
+crop 2, solarised (p 0.2), and finally normalised. The teacher sees the same global crops as the student. Extra
+crop sets (DINOv3's Gram teacher crops) cover the same regions as the global crops, flipped alike but without
+colour distortion, blur or solarisation, at their own size. Sizes can be given per batch (the high-resolution
+stage draws them batch by batch).
 
 Blur probabilities: the released code passes `1 − p` to torchvision's RandomApply, so the released models were
 trained with global-1 blur *never*, global-2 blur 0.9 and locals 0.5 ("released", the default); the
@@ -58,7 +59,9 @@ class MultiCrop:
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         hflip: float = 0.5,
+        colour=None,
     ) -> None:
+        """`colour`: a `ColourConfig` (jitter probability and strengths, grey probability); None: as released."""
         if probabilities not in BLUR_PROBABILITIES:
             raise ValueError(f"probabilities must be one of {sorted(BLUR_PROBABILITIES)}, got {probabilities!r}")
         self.global_size, self.global_scale = global_size, tuple(global_scale)
@@ -66,21 +69,26 @@ class MultiCrop:
         self.blur_p = BLUR_PROBABILITIES[probabilities]
         self.mean, self.std = tuple(mean), tuple(std)
         self.hflip = hflip
+        from ..config.schema import ColourConfig
+
+        self.colour = colour if colour is not None else ColourConfig()
 
     @classmethod
     def from_config(cls, crops, data) -> MultiCrop:
         """From the `crops` and `data` sections of the training config."""
         return cls(
             crops.global_size, crops.global_scale, crops.local_number, crops.local_size, crops.local_scale,
-            crops.probabilities, data.mean, data.std, crops.hflip,
+            crops.probabilities, data.mean, data.std, crops.hflip, crops.colour,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ random
     def _plan_view(self, height: int, width: int, scale, blur_p: float, solarize_p: float, rng) -> ViewPlan:
         box = A.random_resized_crop_box(height, width, scale, rng)
         flip = rng.random() < self.hflip
-        jitter = A.color_jitter_params(rng) if rng.random() < 0.8 else None
-        gray = rng.random() < 0.2
+        c = self.colour
+        jittered = rng.random() < c.jitter_p
+        jitter = A.color_jitter_params(rng, c.brightness, c.contrast, c.saturation, c.hue) if jittered else None
+        gray = rng.random() < c.grayscale_p
         blur_sigma = rng.uniform(0.1, 2.0) if rng.random() < blur_p else None
         solarize = rng.random() < solarize_p
         return ViewPlan(box, flip, jitter, gray, blur_sigma, solarize)
