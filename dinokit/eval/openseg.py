@@ -128,10 +128,7 @@ def run_openseg(
         raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     names = openseg_classnames(val, classnames)
     pairs = find_pairs(val, val_labels, ("images", "annotations"))
-    if not isinstance(templates, str | os.PathLike | type(None)):
-        templates = list(templates)
-    else:
-        templates = read_templates(templates)
+    templates = read_templates(templates)
     device = torch.device(device) if device is not None else default_device()
     model = model.eval().to(device)
     text = class_embeddings(model, names, templates, part="patch")  # [C, E/2]

@@ -39,9 +39,11 @@ SCALE = 100.0  # the notebook's logit scale for zero-shot scoring (not the model
 Template = str | Callable[[str], str]
 
 
-def read_templates(path: str | os.PathLike | None = None) -> list[str]:
+def read_templates(path: str | os.PathLike | Sequence[Template] | None = None) -> list[Template]:
     """Prompt templates, one per line with `{}` for the class name (`#` lines and blank lines skipped); the
-    shipped ImageNet list when `path` is None."""
+    shipped ImageNet list when `path` is None; a sequence of templates (strings or callables) is taken as it is."""
+    if not isinstance(path, str | os.PathLike | type(None)):
+        return list(path)
     if path is None:
         text = resources.files("dinokit.eval").joinpath("prompts", TEMPLATES_FILE).read_text(encoding="utf-8")
         where = TEMPLATES_FILE
@@ -229,10 +231,7 @@ def run_zeroshot(
         names = list(classnames)
         if len(names) != len(images.classes):
             raise UserError(f"{len(names)} class names for {len(images.classes)} classes")
-    if not isinstance(templates, str | os.PathLike | type(None)):
-        templates = list(templates)
-    else:
-        templates = read_templates(templates)
+    templates = read_templates(templates)
     from .features import default_device
 
     device = torch.device(device) if device is not None else default_device()
