@@ -9,6 +9,7 @@ Two families of classes (`--family`):
   says nothing about the class, and a short run learns it first (docs/training.md).
 - `shapes` (dinokit/data/shapes.py): eight flat shapes (disk, ring, square, triangle, star, cross, bar, crescent)
   in random colours on randomly coloured, striped or noisy backgrounds, at 64 px: the class is the outline only.
+  Diagnostics: `shapes-flat` draws the same shapes on flat backgrounds only, `shapes-upright` never rotates them.
 Both: 100 unlabelled images per class to train on, a separate labelled set to score (40 per class for
 textures, 50 for shapes). k-NN as the released protocol: L2-normalised CLS, cosine top-k (k = 20), votes
 weighted by exp(sim / 0.07); each labelled image is classified by its neighbours among the others
@@ -32,7 +33,7 @@ from PIL import Image
 from dinokit.config import PretrainConfig, load_config
 from dinokit.data.datasets import ImageList
 from dinokit.data.images import decode_image
-from dinokit.data.shapes import SHAPES, shape_image
+from dinokit.data.shapes import BACKGROUNDS, SHAPES, shape_image
 from dinokit.data.transforms import normalize, resize
 from dinokit.models import load_backbone
 from dinokit.train.build import build_backbone
@@ -41,6 +42,8 @@ CLASSES = ["h_stripes", "v_stripes", "d_stripes", "checker", "dots", "rings", "b
 FAMILIES = {  # name → (classes, image size, labelled images per class)
     "textures": (CLASSES, 112, 40),
     "shapes": (list(SHAPES), 64, 50),
+    "shapes-flat": (list(SHAPES), 64, 50),  # diagnostics: the shapes on flat backgrounds only,
+    "shapes-upright": (list(SHAPES), 64, 50),  # or all upright
 }
 
 
@@ -80,7 +83,11 @@ def make_folder(root: Path, per_class: int, seed: int, labelled: bool, colour: b
         folder = root / name if labelled else root
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            image = texture(c, size, rng, colour) if family == "textures" else shape_image(rng, size, c)
+            if family == "textures":
+                image = texture(c, size, rng, colour)
+            else:
+                flat, upright = family == "shapes-flat", family == "shapes-upright"
+                image = shape_image(rng, size, c, ("flat",) if flat else BACKGROUNDS, rotate=not upright)
             Image.fromarray(image).save(folder / f"{name}_{i:04d}.png")
 
 

@@ -53,9 +53,13 @@ def _mask(shape: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) ->
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A class-independent background [size, size, 3] in [0, 1]: flat, striped or smooth coloured noise."""
-    kind = rng.integers(3)
+BACKGROUNDS = ("flat", "stripes", "noise")
+
+
+def _background(rng: np.random.Generator, size: int, kinds: tuple[str, ...] = BACKGROUNDS) -> np.ndarray:
+    """A class-independent background [size, size, 3] in [0, 1]: flat, striped or smooth coloured noise, one of
+    `kinds` at random."""
+    kind = BACKGROUNDS.index(kinds[rng.integers(len(kinds))])
     if kind == 0:
         return np.broadcast_to(rng.uniform(0, 1, 3), (size, size, 3)).copy()
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -73,20 +77,24 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(rng.uniform(0.2, 0.8, 3) + 0.25 * smooth, 0, 1)
 
 
-def shape_image(rng: np.random.Generator, size: int, shape: int) -> np.ndarray:
-    """One image [size, size, 3] uint8 of class `shape` (an index into SHAPES)."""
+def shape_image(rng: np.random.Generator, size: int, shape: int, backgrounds: tuple[str, ...] = BACKGROUNDS,
+                rotate: bool = True) -> np.ndarray:  # fmt: skip
+    """One image [size, size, 3] uint8 of class `shape` (an index into SHAPES). Diagnostics: `backgrounds` keeps
+    only some kinds (e.g. "flat": no background texture to tell images apart by); `rotate=False` draws every shape
+    upright, as most objects appear in photographs (multi-crop teaches no rotation invariance)."""
     s = size * SUPERSAMPLE
     radius = rng.uniform(0.15, 0.3) * s  # the shape spans 30–60 % of the side
     stretch = rng.uniform(0.8, 1.25)  # a mild aspect change: form, not exact proportions
     reach = radius * max(stretch, 1 / stretch)  # how far the stretched shape can extend from its centre
     cx, cy = rng.uniform(reach, s - reach, 2)
     angle = rng.uniform(0, 2 * np.pi)
+    angle = angle if rotate else 0.0  # drawn either way: the rest of the image is the same
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
     dx, dy = (xx - cx) / radius, (yy - cy) / radius
     u = (dx * math.cos(angle) + dy * math.sin(angle)) * stretch  # [s, s] shape coordinates
     v = (-dx * math.sin(angle) + dy * math.cos(angle)) / stretch
     mask = _mask(SHAPES[shape], u, v, rng).astype(np.float32)
     cover = mask.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean((1, 3))[..., None]  # [size, size, 1]
-    image = cover * rng.uniform(0, 1, 3) + (1 - cover) * _background(rng, size)
+    image = cover * rng.uniform(0, 1, 3) + (1 - cover) * _background(rng, size, backgrounds)
     image = image + rng.normal(0, 0.03, image.shape)  # sensor noise
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)

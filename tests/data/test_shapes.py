@@ -19,7 +19,7 @@ def test_each_shape_is_drawn(shape, monkeypatch):
     import dinokit.data.shapes as sh
 
     # a black background: what stands clear of the sensor noise (σ ≈ 8 levels) is the shape
-    monkeypatch.setattr(sh, "_background", lambda rng, size: np.zeros((size, size, 3)))
+    monkeypatch.setattr(sh, "_background", lambda rng, size, kinds: np.zeros((size, size, 3)))
     img = sh.shape_image(np.random.default_rng(shape), 64, shape).astype(np.float32).max(-1)
     covered = (img > 40).mean()
     assert 0.01 < covered < 0.6, (SHAPES[shape], covered)
