@@ -364,7 +364,10 @@ def _add_data(sub) -> None:
     q = verbs.add_parser("synth", help="write the synthetic benchmark in every evaluation layout")
     q.add_argument("output", help="output folder (created; must not exist or be empty)")
     q.add_argument("--seed", type=non_negative_int, default=0)
-    q.add_argument("--size", type=int, default=128, help="image side in pixels, 32–2048 (default 128)")
+    q.add_argument("--family", choices=["materials", "shapes"], default="materials",
+                   help="materials: the full benchmark (every layout); shapes: eight flat shapes in random colours, "
+                   "pretrain/ and classify/ only (size 64 unless --size)")  # fmt: skip
+    q.add_argument("--size", type=int, default=None, help="image side in pixels, 32–2048 (default 128; shapes: 64)")
     q.add_argument("--scale", type=positive_float, default=1.0,
                    help="multiply every image count (default 1: ~3,300 items)")  # fmt: skip
     q.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count, at most 8)")
@@ -384,19 +387,37 @@ def _add_data(sub) -> None:
 def _data_synth(args) -> int:
     from .data.synthetic import SynthConfig, write_synthetic
 
-    if not 32 <= args.size <= 2048:  # beyond 2048 px a scene's buffers outgrow a laptop
-        raise UserError(f"--size must be 32–2048 pixels, got {args.size}")
+    size = args.size if args.size is not None else (64 if args.family == "shapes" else 128)
+    if not 32 <= size <= 2048:  # beyond 2048 px a scene's buffers outgrow a laptop
+        raise UserError(f"--size must be 32–2048 pixels, got {size}")
+    if args.family == "shapes":
+        return _synth_shapes(args, size)
     if args.long_tail is not None and args.long_tail < 0:
         raise UserError(f"--long-tail must be a Zipf exponent ≥ 0, got {args.long_tail:g}")
     if not 0 <= args.duplicates < 1:
         raise UserError(f"--duplicates must be a fraction in [0, 1), got {args.duplicates:g}")
-    config = SynthConfig(size=args.size, long_tail=args.long_tail, duplicates=args.duplicates,
+    config = SynthConfig(size=size, long_tail=args.long_tail, duplicates=args.duplicates,
                          captions=args.captions).scaled(args.scale)  # fmt: skip
     try:
         out = write_synthetic(args.output, args.seed, config, workers=args.workers)
     except FileExistsError as e:
         raise UserError(str(e)) from None
     print(f"wrote {out} (see {out / 'README.md'})")
+    return 0
+
+
+def _synth_shapes(args, size: int) -> int:
+    from .data.shapes import ShapesConfig, write_shapes
+
+    given = [name for name, on in (("--long-tail", args.long_tail is not None), ("--duplicates", args.duplicates > 0),
+                                   ("--captions", args.captions)) if on]  # fmt: skip
+    if given:
+        raise UserError(f"{', '.join(given)} belong to the materials family, not to --family shapes")
+    try:
+        out = write_shapes(args.output, args.seed, ShapesConfig(size=size).scaled(args.scale), workers=args.workers)
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {out}: pretrain/ (unlabelled) and classify/{{train,val}}/<shape>/")
     return 0
 
 

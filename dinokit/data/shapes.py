@@ -7,19 +7,30 @@ filled with a uniformly random RGB colour, over one of three backgrounds drawn i
 - stripes of two random colours at a random orientation and period;
 - smooth coloured noise (a random colour modulated by low-frequency noise) with pixel noise on top.
 Colour therefore says nothing about the class, and a self-supervised run that tells images apart by their colours
-learns nothing a shape classifier needs — which is the failure this family exists to expose (issue: the small
-recipe on colourful data). Edges are anti-aliased (the mask is rendered at 4× and averaged).
+learns nothing a shape classifier needs — which is the failure this family exists to expose (docs/training.md,
+"A held-out family"). Edges are anti-aliased (the mask is rendered at 4× and averaged).
 
-Determinism: image i is rendered from its own generator seeded with (seed, part, i), so the output does not
-depend on the number of workers. Deviation from "real" data: no occlusion, lighting or texture on the shape;
-the shape is always whole and in focus.
+`dinokit data synth OUT --family shapes` (`write_shapes`) writes `pretrain/` (100 unlabelled images per class) and
+ImageNet-style `classify/{train,val}/<shape>/` (60 and 50 per class) at 64 px, with a `manifest.json`.
+
+Determinism: image i of each part is rendered from its own generator seeded with (seed, part, i), so the output
+does not depend on the number of workers. Deviation from "real" data: no occlusion, lighting or texture on the
+shape; the shape is always whole and in focus.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 SHAPES = ("disk", "ring", "square", "triangle", "star", "cross", "bar", "crescent")
 SUPERSAMPLE = 4  # the mask is drawn at 4× and averaged: anti-aliased edges at 64 px
@@ -98,3 +109,68 @@ def shape_image(rng: np.random.Generator, size: int, shape: int, backgrounds: tu
     image = cover * rng.uniform(0, 1, 3) + (1 - cover) * _background(rng, size, backgrounds)
     image = image + rng.normal(0, 0.03, image.shape)  # sensor noise
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- the set
+@dataclass(frozen=True)
+class ShapesConfig:
+    """How much `write_shapes` writes: per class, unlabelled pretraining images and labelled train / val ones."""
+
+    size: int = 64
+    pretrain_per_class: int = 100
+    train_per_class: int = 60
+    val_per_class: int = 50
+
+    def scaled(self, factor: float) -> ShapesConfig:
+        """Every count multiplied by `factor` (at least one of each)."""
+        counts = {k: max(1, round(v * factor)) for k, v in asdict(self).items() if k != "size"}
+        return replace(self, **counts)
+
+
+PARTS = ("pretrain", "train", "val")  # part p, image i is drawn from the generator seeded with (seed, p, i)
+
+
+def _job(args) -> None:
+    root, seed, size, part, index, shape = args
+    image = shape_image(np.random.default_rng([seed, PARTS.index(part), index]), size, shape)
+    folder = root / "pretrain" if part == "pretrain" else root / "classify" / part / SHAPES[shape]
+    Image.fromarray(image).save(folder / f"{index:06d}.png", compress_level=1)
+
+
+def write_shapes(out: str | os.PathLike, seed: int = 0, config: ShapesConfig = ShapesConfig(),
+                 workers: int | None = None, progress: bool = True) -> Path:  # fmt: skip
+    """Write the shape family under `out`: `pretrain/` (unlabelled, classes in turn) and ImageNet-style
+    `classify/{train,val}/<shape>/`, atomically (a temporary folder renamed at the end). An existing `out` written
+    with the same seed and config is kept as it is; another one is refused (FileExistsError)."""
+    out = Path(out)
+    manifest = {"generator": "dinokit.data.shapes", "version": 1, "seed": seed, "config": asdict(config),
+                "classes": list(SHAPES)}  # fmt: skip
+    if (out / "manifest.json").exists():
+        if json.loads((out / "manifest.json").read_text()) == manifest:
+            return out
+        raise FileExistsError(f"{out} holds a different synthetic set; choose another folder or remove it")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "pretrain").mkdir(parents=True)
+    for part in ("train", "val"):
+        for name in SHAPES:
+            (tmp / "classify" / part / name).mkdir(parents=True)
+    per_part = {"pretrain": config.pretrain_per_class, "train": config.train_per_class, "val": config.val_per_class}
+    jobs = [(tmp, seed, config.size, part, i, i % len(SHAPES))  # classes in turn: balanced in every part
+            for part, n in per_part.items() for i in range(n * len(SHAPES))]  # fmt: skip
+    bar = dict(total=len(jobs), desc="shape images", unit="img", disable=not progress)
+    workers = workers or min(os.cpu_count() or 1, 8)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in tqdm(pool.map(_job, jobs, chunksize=32), **bar):
+                pass
+    else:
+        for job in tqdm(jobs, **bar):
+            _job(job)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    return out

@@ -37,3 +37,31 @@ def test_colour_carries_no_label():
     labels = np.repeat(np.arange(len(SHAPES)), per_class // 2)
     pred = np.linalg.norm(test[:, None] - centroids[None], axis=-1).argmin(1)
     assert (pred == labels).mean() < 0.25  # chance is 1/8
+
+
+def test_write_shapes_layout_determinism_and_reuse(tmp_path):
+    from dinokit.data.datasets import ImageList
+    from dinokit.data.shapes import ShapesConfig, write_shapes
+
+    config = ShapesConfig(size=32).scaled(0.05)  # 5 / 3 / 2 images per class
+    a = write_shapes(tmp_path / "a", seed=3, config=config, workers=1, progress=False)
+    b = write_shapes(tmp_path / "b", seed=3, config=config, workers=2, progress=False)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.png"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)  # the same for any worker count
+    assert len(list((a / "pretrain").glob("*.png"))) == 5 * len(SHAPES)
+    val = ImageList.from_source(a / "classify" / "val")
+    assert val.classes == sorted(SHAPES) and len(val) == 2 * len(SHAPES)
+    assert write_shapes(a, seed=3, config=config, progress=False) == a  # the same set: kept as it is
+    with pytest.raises(FileExistsError, match="different synthetic set"):
+        write_shapes(a, seed=4, config=config, progress=False)
+
+
+def test_cli_writes_the_shape_family_and_refuses_materials_options(tmp_path, capsys):
+    from dinokit.cli import main
+
+    assert main(["data", "synth", str(tmp_path / "s"), "--family", "shapes", "--scale", "0.02", "--workers", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "s" / "classify" / "train").iterdir()) == sorted(SHAPES)
+    assert main(["data", "synth", str(tmp_path / "t"), "--family", "shapes", "--captions"]) == 2
+    assert "--captions belong to the materials family" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
