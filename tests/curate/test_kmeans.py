@@ -143,27 +143,36 @@ def test_hierarchical_deterministic_under_seed():
 SPLIT = 530  # uneven shards: rank 0 holds rows [0, 530), rank 1 the rest
 
 
-def _worker(rank, port, out, init):
+def _on_two_ranks(worker, *args) -> None:
+    """Run `worker(rank, shard, *args)` in 2 gloo processes, rank 0 on rows [0, SPLIT) of the blobs, rank 1 on the
+    rest."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gloo, args=(port, worker, args), nprocs=2, join=True)
+
+
+def _gloo(rank, port, worker, args):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         x, _, _ = blobs(k=12)
-        shard = x[:SPLIT] if rank == 0 else x[SPLIT:]
-        c, a = kmeans(shard, 8, iters=15, seed=3, chunk=64, init=init)
-        np.save(os.path.join(out, f"rank{rank}_seeds.npy"), kmeans(shard, 8, iters=0, seed=3, init=init)[0])
-        np.save(os.path.join(out, f"rank{rank}_c.npy"), c)
-        np.save(os.path.join(out, f"rank{rank}_a.npy"), a)
+        worker(rank, x[:SPLIT] if rank == 0 else x[SPLIT:], *args)
     finally:
         dist.destroy_process_group()
 
 
+def _worker(rank, shard, out, init):
+    c, a = kmeans(shard, 8, iters=15, seed=3, chunk=64, init=init)
+    np.save(os.path.join(out, f"rank{rank}_seeds.npy"), kmeans(shard, 8, iters=0, seed=3, init=init)[0])
+    np.save(os.path.join(out, f"rank{rank}_c.npy"), c)
+    np.save(os.path.join(out, f"rank{rank}_a.npy"), a)
+
+
 @pytest.mark.parametrize("init", ["k-means++", "k-means-parallel"])
 def test_two_gloo_processes_equal_one(tmp_path, init):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path), init), nprocs=2, join=True)
+    _on_two_ranks(_worker, str(tmp_path), init)
     x, _, _ = blobs(k=12)
     c, a = kmeans(x, 8, iters=15, seed=3, chunk=64, init=init)
     seeds, _ = kmeans(x, 8, iters=0, seed=3, init=init)  # the seeding alone is the same too
@@ -203,24 +212,13 @@ def test_hierarchical_resume_takes_finished_levels_back(tmp_path, monkeypatch):
     assert calls == [30, 30, 6, 6, 2]
 
 
-def _hier_worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        x, _, _ = blobs(k=12)
-        shard = x[:SPLIT] if rank == 0 else x[SPLIT:]
-        tree = hierarchical_kmeans(shard, [24, 5], [3, 2], [6, 2], iters=6, seed=5, chunk=64)
-        tree.save(os.path.join(out, f"rank{rank}"))
-    finally:
-        dist.destroy_process_group()
+def _hier_worker(rank, shard, out):
+    tree = hierarchical_kmeans(shard, [24, 5], [3, 2], [6, 2], iters=6, seed=5, chunk=64)
+    tree.save(os.path.join(out, f"rank{rank}"))
 
 
 def test_hierarchical_two_gloo_processes_equal_one(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_hier_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    _on_two_ranks(_hier_worker, str(tmp_path))
     x, _, _ = blobs(k=12)
     one = hierarchical_kmeans(x, [24, 5], [3, 2], [6, 2], iters=6, seed=5, chunk=64)
     for rank in range(2):

@@ -1,7 +1,6 @@
 """`dinokit data synth --long-tail S --duplicates F`: a Zipf-shaped pretraining pool with planted near-duplicates
 recorded in pretrain.json, deterministic for any worker count, and the default set unchanged byte for byte."""
 
-import hashlib
 import json
 import shlex
 from collections import Counter
@@ -20,18 +19,11 @@ from dinokit.data.synthetic import (
     zipf_probabilities,
 )
 
+from .test_synthetic import digest
+
 # everything but the pool at its minimum
 TINY = dict(size=32, train_per_class=1, val_per_class=2, dense_train=1, dense_val=1, pairs=1, landmarks=1, views=2,
             distractors=1)  # fmt: skip
-
-
-def digest(root):
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def test_the_default_set_is_byte_for_byte_what_it_was_before_the_long_tail(tmp_path):
