@@ -38,9 +38,9 @@ def _ranks() -> tuple[int, int]:
     """(rank, world size) under torchrun, (0, 1) otherwise."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    from ..train.distributed import is_enabled
+
+    return (dist.get_rank(), dist.get_world_size()) if is_enabled() else (0, 1)
 
 
 def _all_ok(ok: bool, world: int) -> bool:

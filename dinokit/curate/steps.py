@@ -83,7 +83,9 @@ def _rank_share(vectors):
     """This rank's contiguous share of the rows under torchrun (all of them otherwise), and whether it is rank 0."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    from ..train.distributed import is_enabled
+
+    if not is_enabled():
         return vectors, True
     rank, world, n = dist.get_rank(), dist.get_world_size(), len(vectors)
     lo, hi = n * rank // world, n * (rank + 1) // world
