@@ -118,10 +118,11 @@ def _wandb_run(wandb, cfg: WandbConfig, run_dir: Path, config: dict | None):
 
 
 def _truncate(path: Path, start_step: int) -> None:
-    """Drop records of steps after `start_step` (written before a crash, redone after resuming)."""
+    """Drop records of steps after `start_step` (written before a crash, redone after resuming); a run that starts
+    afresh (`start_step` 0) keeps none, not even the evaluation of the initial model, which it redoes."""
     if not path.exists():
         return
-    kept = [json.dumps(r) for r in _records(path.read_text()) if r["step"] <= start_step]
+    kept = [json.dumps(r) for r in _records(path.read_text()) if 0 < start_step and r["step"] <= start_step]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

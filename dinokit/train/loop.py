@@ -13,7 +13,8 @@ Run folder: `config.yaml` (resolved), `metrics.jsonl`, `checkpoints/`, `tensorbo
 `teacher_backbone/` (dinokit format) and `teacher_backbone_official.pth` (the released layout).
 
 Evaluation: `eval.knn.*` switches on periodic k-NN (`dinokit/eval/periodic.py`). In Python, `train(cfg,
-eval_fn=f)` calls `f(teacher_backbone, step) -> {name: value}` every `eval.every` steps on every rank (the
+eval_fn=f)` calls `f(teacher_backbone, step) -> {name: value}` every `eval.every` steps, and at step 0 on the
+initial teacher when a run starts afresh (the baseline its curve is read against), on every rank (the
 backbone is in eval mode; the function may use torch.distributed) and logs the returned numbers with the step's
 metrics (rank 0). It runs before the step's checkpoint, so a resumed run reproduces any use it makes of the
 random generators.
@@ -95,6 +96,10 @@ def _train(cfg: PretrainConfig, resume: bool, eval_fn: EvalFn | None, info: D.Di
     skipped_files: Counter[str] = Counter()
     meta.train()
     with _graceful_stop() as stop, runlog:  # the bar and the loggers end on errors too
+        if eval_fn is not None and cfg.eval.every and start == 0:  # where the curve starts: the initial teacher
+            evaluated = _evaluate(eval_fn, meta, 0)
+            if evaluated:  # (ranks other than 0 return nothing)
+                runlog.write(0, evaluated)
         for step in range(start, cfg.train.steps):
             micro = [next(batches) for _ in range(cfg.train.grad_accumulation)]
             skipped_files.update(name for b in micro for name in b.skipped)

@@ -12,6 +12,7 @@ import torch
 
 from dinokit.cli import main
 from dinokit.config import ConfigError
+from dinokit.data.shapes import ShapesConfig, write_shapes
 from dinokit.errors import UserError
 from dinokit.models import load_backbone, save_backbone
 from dinokit.models.factory import create_backbone
@@ -105,7 +106,8 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tiny_cfg, tmp_pa
     assert not (tmp_path / "b" / "teacher_backbone").exists()
     train(tiny_cfg("train.steps=4", f"output_dir={tmp_path / 'b'}"))  # automatic resume from the run folder
     a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
-    b[1][:] = [{k: v for k, v in r.items() if k != "eval/called"} for r in b[1]]
+    assert b[1][0] == {"step": 0, "eval/called": 0.0}  # the initial teacher, evaluated before the first step
+    b[1][:] = [{k: v for k, v in r.items() if k != "eval/called"} for r in b[1][1:]]
     _assert_same_run(a, b)
 
 
@@ -172,12 +174,22 @@ def test_periodic_knn_is_logged_and_leaves_the_weights_alone(tiny_cfg, image_fol
     with_knn = train(tiny_cfg("train.steps=4", f"output_dir={tmp_path / 'a'}", *knn))
     records = read_metrics(with_knn / "metrics.jsonl")
     evaluated = [r for r in records if "knn/top1_k1" in r]
-    assert [r["step"] for r in evaluated] == [2, 4]
+    assert [r["step"] for r in evaluated] == [0, 2, 4]  # 0: the initial teacher, the curve's baseline
     assert all(r["knn/top1_k1"] == 100.0 and 0 <= r["knn/top1_k3"] <= 100 for r in evaluated)  # gallery = queries
     without = train(tiny_cfg("train.steps=4", f"output_dir={tmp_path / 'b'}"))
     a, b = load_backbone(with_knn / "teacher_backbone"), load_backbone(without / "teacher_backbone")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_periodic_knn_follows_a_run_on_the_shape_family(tiny_cfg, tmp_path):
+    """The layout `dinokit data synth --family shapes` writes is a run's data and its k-NN sets as it is."""
+    root = write_shapes(tmp_path / "shapes", config=ShapesConfig(size=32).scaled(0.05), workers=1, progress=False)
+    run = train(tiny_cfg(f"data.path={root / 'pretrain'}", "train.steps=2", "eval.every=2",
+                         f"eval.knn.train={root / 'classify/train'}", f"eval.knn.val={root / 'classify/val'}",
+                         "eval.knn.size=32", "eval.knn.ks=[3]"))  # fmt: skip
+    evaluated = [r for r in read_metrics(run / "metrics.jsonl") if "knn/top1_k3" in r]
+    assert [r["step"] for r in evaluated] == [0, 2] and all(0 <= r["knn/top1_k3"] <= 100 for r in evaluated)
 
 
 def test_periodic_knn_settings_are_checked_before_training(tiny_cfg, image_folder):
