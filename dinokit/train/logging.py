@@ -79,7 +79,8 @@ class RunLog:
             self.wandb.log(metrics, step=step)
         shown = {k: f"{metrics[k]:.4g}" for k in SHOWN if k in metrics}
         shown.update({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith("/loss")})  # each distilled student
-        shown["lr"] = f"{metrics.get('lr', 0.0):.2e}"
+        if "lr" in metrics:  # (not in the step-0 evaluation record)
+            shown["lr"] = f"{metrics['lr']:.2e}"
         if "images_per_s" in metrics:
             shown["img/s"] = f"{metrics['images_per_s']:.1f}"
         # the latest evaluation stays on the bar until the next one
