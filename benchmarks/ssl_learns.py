@@ -108,6 +108,57 @@ def knn_accuracy(backbone, images: ImageList, size: int, k: int = 20, temperatur
     return (votes.argmax(1) == labels).float()
 
 
+def plain_cnn(width: int = 32) -> torch.nn.Module:
+    """The supervised reference with the inductive bias a ViT lacks: four stages of two 3×3 convolutions with
+    batch norm and ReLU, each ending in a 2× max-pool, then global average pooling → features `[N, 4·width]`."""
+    layers, channels = [], 3
+    for out in (width, 2 * width, 4 * width, 4 * width):
+        for c_in in (channels, out):
+            layers += [torch.nn.Conv2d(c_in, out, 3, padding=1), torch.nn.BatchNorm2d(out), torch.nn.ReLU()]
+        layers.append(torch.nn.MaxPool2d(2))
+        channels = out
+    net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    net.embed_dim = channels
+    return net
+
+
+def supervised(cfg: PretrainConfig, labelled: ImageList, steps: int, model: str = "backbone") -> torch.nn.Module:
+    """The ceiling at this budget: the recipe's backbone (or, `model="cnn"`, `plain_cnn`) trained with the labels
+    of the pretraining images (a linear classifier on the CLS token or pooled features, cross-entropy) on the
+    recipe's global crops — same crop scales, colour distortions, batch size, learning rate and step count. Says
+    whether the architecture can learn the classes this fast at all; a self-supervised run of it will not do
+    better."""
+    import random
+
+    from dinokit.data.multicrop import MultiCrop
+
+    torch.manual_seed(cfg.seed)  # the same initialisation as the one scored before training
+    backbone = (plain_cnn() if model == "cnn" else build_backbone(cfg)).train()
+    embed_dim = backbone.embed_dim if model == "cnn" else backbone.config.embed_dim
+    classifier = torch.nn.Linear(embed_dim, len(labelled.classes))
+    params = list(backbone.parameters()) + list(classifier.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.optim.base_lr, weight_decay=cfg.optim.weight_decay)
+    warmup = cfg.optim.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    crops, rng = MultiCrop.from_config(cfg.crops, cfg.data), random.Random(cfg.seed)
+    images = [decode_image(p) for p in labelled.paths]  # uint8 [3, H, W], small enough to keep in memory
+    labels, hits = torch.tensor(labelled.labels), []
+    for _ in range(steps):
+        idx = torch.randint(len(images), (cfg.train.batch_size,))
+        global_crops, _ = crops.batch([images[i] for i in idx], [random.Random(rng.random()) for _ in idx])
+        logits = classifier(backbone(global_crops))  # [2·B, classes]: both global crops
+        loss = F.cross_entropy(logits, labels[idx].repeat(2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        hits.append((logits.argmax(1) == labels[idx].repeat(2)).float().mean().item())
+    print(f"supervised: training-crop accuracy over the last 50 steps {100 * np.mean(hits[-50:]):.1f}%")
+    return backbone
+
+
 def main() -> None:
     from dinokit.eval.significance import paired_bootstrap, percent_of
 
@@ -116,6 +167,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="default: the preset's train.steps")
     p.add_argument("--out", default=None, help="work folder (default /tmp/ssl_learns_<family>)")
     p.add_argument("--colour", action="store_true", help="textures: random colours instead of grey levels")
+    p.add_argument(
+        "--supervised",
+        choices=["backbone", "cnn"],
+        help="train with the pretraining images' labels instead (the ceiling at this budget): the recipe's "
+        "backbone, or a plain CNN for reference",
+    )
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. teacher.target=sinkhorn_knopp")
     args = p.parse_args()
     classes, size, per_class = FAMILIES[args.family]
@@ -123,6 +180,8 @@ def main() -> None:
     if not (out / "unlabelled").exists():
         make_folder(out / "unlabelled", 100, seed=0, labelled=False, colour=args.colour, family=args.family)
         make_folder(out / "heldout", per_class, seed=1, labelled=True, colour=args.colour, family=args.family)
+    if args.supervised and not (out / "labelled").exists():  # the same images (same seed), in class folders
+        make_folder(out / "labelled", 100, seed=0, labelled=True, colour=args.colour, family=args.family)
     cfg: PretrainConfig = load_config(
         PretrainConfig,
         Path(__file__).parents[1] / "configs/pretrain/tiny_cpu.yaml",
@@ -131,21 +190,27 @@ def main() -> None:
     )
     heldout = ImageList.from_source(out / "heldout")
     torch.manual_seed(cfg.seed)  # the initialisation the run starts from (train() seeds the same way)
-    hits_random = knn_accuracy(build_backbone(cfg), heldout, cfg.crops.global_size)
+    hits_random = knn_accuracy(
+        plain_cnn() if args.supervised == "cnn" else build_backbone(cfg), heldout, cfg.crops.global_size
+    )
     from dinokit.train.build import keep_freed_memory
     from dinokit.train.loop import train
 
     keep_freed_memory()  # as `dinokit train` does on CPU
     t0 = time.perf_counter()
-    run = train(cfg)
+    if args.supervised:
+        trained = supervised(cfg, ImageList.from_source(out / "labelled"), cfg.train.steps, args.supervised)
+    else:
+        trained = load_backbone(train(cfg) / "teacher_backbone")
     minutes = (time.perf_counter() - t0) / 60
-    hits_trained = knn_accuracy(load_backbone(run / "teacher_backbone"), heldout, cfg.crops.global_size)
+    hits_trained = knn_accuracy(trained, heldout, cfg.crops.global_size)
     low, high = paired_bootstrap(percent_of(hits_random), percent_of(hits_trained))
     acc_random, acc_trained = 100 * hits_random.mean().item(), 100 * hits_trained.mean().item()
     print(f"{args.family}: k-NN (k=20) accuracy on {len(heldout)} held-out images of {len(classes)} classes "
           f"(chance {100 / len(classes):.1f}%):")  # fmt: skip
     print(f"  random initialisation: {acc_random:.1f}%")
-    print(f"  after {cfg.train.steps} SSL steps ({minutes:.1f} min): {acc_trained:.1f}%")
+    kind = {None: "SSL", "backbone": "supervised", "cnn": "supervised plain-CNN"}[args.supervised]
+    print(f"  after {cfg.train.steps} {kind} steps ({minutes:.1f} min): {acc_trained:.1f}%")
     print(f"  gain {acc_trained - acc_random:+.1f} points, 95% paired-bootstrap interval [{low:+.1f}, {high:+.1f}]")
 
 
