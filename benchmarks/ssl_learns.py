@@ -15,7 +15,11 @@ textures, 50 for shapes). k-NN as the released protocol: L2-normalised CLS, cosi
 weighted by exp(sim / 0.07); each labelled image is classified by its neighbours among the others
 (leave-one-out). The gain is reported with its 95 % paired-bootstrap interval over the labelled images.
 
-    PYTHONPATH=. python benchmarks/ssl_learns.py [--family textures|shapes] [--steps N] [--out DIR] [key=value ...]
+`--supervised backbone` trains the same backbone with the pretraining images' labels instead, on the same crops
+and budget: the ceiling a self-supervised run is read against (`--supervised cnn`: a plain CNN, for reference).
+
+    PYTHONPATH=. python benchmarks/ssl_learns.py [--family textures|shapes] [--steps N] [--out DIR]
+        [--supervised backbone|cnn] [key=value ...]
 """
 
 from __future__ import annotations
