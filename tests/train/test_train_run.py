@@ -3,6 +3,7 @@ SIGTERM, skipped non-finite steps, continued pretraining from a checkpoint."""
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 from pathlib import Path
@@ -19,7 +20,7 @@ from dinokit.models.factory import create_backbone
 from dinokit.train.build import build, build_backbone
 from dinokit.train.checkpoint import checkpoint_files, load_latest
 from dinokit.train.distributed import DistInfo
-from dinokit.train.logging import read_metrics
+from dinokit.train.logging import RunLog, read_metrics
 from dinokit.train.loop import train, train_step
 from dinokit.train.monitor import HealthMonitor, TrainingDiverged
 
@@ -190,6 +191,15 @@ def test_periodic_knn_follows_a_run_on_the_shape_family(tiny_cfg, tmp_path):
                          "eval.knn.size=32", "eval.knn.ks=[3]"))  # fmt: skip
     evaluated = [r for r in read_metrics(run / "metrics.jsonl") if "knn/top1_k3" in r]
     assert [r["step"] for r in evaluated] == [0, 2] and all(0 <= r["knn/top1_k3"] <= 100 for r in evaluated)
+
+
+def test_resuming_keeps_the_records_it_has_and_a_fresh_start_keeps_none(tmp_path):
+    records = [{"step": 0, "knn/top1_k20": 12.5}, {"step": 2, "loss": 5.0}, {"step": 4, "loss": 4.0}]
+    for start, kept in ((2, records[:2]), (0, [])):  # 0: a run killed before its first checkpoint starts again
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        with RunLog(tmp_path, total_steps=4, start_step=start, images_per_step=1):
+            pass
+        assert read_metrics(tmp_path / "metrics.jsonl") == kept
 
 
 def test_periodic_knn_settings_are_checked_before_training(tiny_cfg, image_folder):
