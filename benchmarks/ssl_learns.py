@@ -153,12 +153,13 @@ def supervised(cfg: PretrainConfig, labelled: ImageList, steps: int, model: str 
         idx = torch.randint(len(images), (cfg.train.batch_size,))
         global_crops, _ = crops.batch([images[i] for i in idx], [random.Random(rng.random()) for _ in idx])
         logits = classifier(backbone(global_crops))  # [2·B, classes]: both global crops
-        loss = F.cross_entropy(logits, labels[idx].repeat(2))
+        target = labels[idx].repeat(2)  # [2·B], crop-major like the crops
+        loss = F.cross_entropy(logits, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        hits.append((logits.argmax(1) == labels[idx].repeat(2)).float().mean().item())
+        hits.append((logits.argmax(1) == target).float().mean().item())
     print(f"supervised: training-crop accuracy over the last 50 steps {100 * np.mean(hits[-50:]):.1f}%")
     return backbone
 
